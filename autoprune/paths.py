@@ -1,0 +1,85 @@
+"""Where a study lives on disk.
+
+Every study has one folder, ``<root>/<study>/`` (``root`` defaults to ``./studies``)::
+
+    space.yaml      the exact space that ran
+    dense.pt        cached dense weights; dense.json says what produced them (hash) and
+                    their accuracy
+    optuna.db       Optuna RDB storage (optuna-dashboard can open it)
+    tune/           Ray Tune experiment state, for resume
+    trials.csv  pareto.csv  pareto.html  pareto.png
+    search.log      Ray's and autoprune's log of the search
+    export/         exported policies and models
+
+The default MLflow store is shared by all studies under the same root:
+``<root>/mlflow.db`` and ``<root>/mlartifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = "studies"
+
+
+def studies_root(root: str | Path | None = None) -> Path:
+    """The studies folder: ``root``, else ``$AUTOPRUNE_STUDIES``, else ``./studies``."""
+    return Path(root or os.environ.get("AUTOPRUNE_STUDIES") or DEFAULT_ROOT).resolve()
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """The files of one study (nothing is created until :meth:`create`)."""
+
+    root: Path
+    name: str
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def space(self) -> Path:
+        return self.folder / "space.yaml"
+
+    @property
+    def dense(self) -> Path:
+        return self.folder / "dense.pt"
+
+    @property
+    def dense_info(self) -> Path:
+        return self.folder / "dense.json"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.folder / "optuna.db"
+
+    @property
+    def tune(self) -> Path:
+        return self.folder / "tune"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.folder / "trials.csv"
+
+    @property
+    def pareto_csv(self) -> Path:
+        return self.folder / "pareto.csv"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "search.log"
+
+    @property
+    def export(self) -> Path:
+        return self.folder / "export"
+
+    def create(self) -> StudyPaths:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def study_paths(name: str, root: str | Path | None = None) -> StudyPaths:
+    return StudyPaths(studies_root(root), name)
