@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from autoprune.errors import AutopruneError
+
+try:  # typer >= 0.29 raises the exceptions of its own vendored click, not click's
+    from typer._click import exceptions as cli_errors
+except ImportError:  # older typer is built on click itself
+    from click import exceptions as cli_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="autoprune",
@@ -26,6 +30,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(highlight=False)
+if not console.is_terminal:
+    console = Console(highlight=False, width=max(console.width, 160))
 
 SPACE_OPTION = typer.Option(..., "--space", help="Search-space YAML file (see search_spaces/).")
 
@@ -48,7 +54,7 @@ def validate(space: Path = SPACE_OPTION) -> None:
     )
     table = Table(title="prunable layers", title_justify="left")
     for column in ("layer", "kind", "weight shape", "params", "sparsity range", "pattern"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("layer", "pattern"))
     for layer in setup.layers:
         if layer.excluded:
             rng, pattern = "excluded", ""
@@ -124,6 +130,77 @@ def trial(
         console.print(f"adaptive schedule stopped: {result.stop_reason}")
 
 
+@app.command()
+def search(
+    space: Path = SPACE_OPTION,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Finished trials wanted (overrides study.trials)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name (overrides study.name)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe | nsga2 | gp | random | qmc (overrides study.sampler)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler and the trials (overrides study.seed)."),
+    gpus: float = typer.Option(0, "--gpus", help="GPUs to use; 0 runs CPU trials."),
+    gpus_per_trial: float = typer.Option(1, "--gpus-per-trial", help="GPUs per trial (fractions allowed)."),
+    cpus_per_trial: float = typer.Option(1, "--cpus-per-trial", help="CPU cores (and torch threads) per trial."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Trials at once (default: from resources)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Attach to a Ray cluster: auto or ray://HOST:PORT."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an existing study (the same command also resumes)."),
+    retries: int = typer.Option(1, "--retries", min=0, help="Restarts of a trial whose worker dies."),
+    max_failures: Optional[int] = typer.Option(None, "--max-failures", min=1, help="Stop after this many failed trials (default: the trial count)."),
+    seed_baselines: bool = typer.Option(False, "--seed-baselines", help="Start from uniform and global magnitude policies."),
+    studies: Optional[Path] = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Search pruning policies: run the study of a space file on Ray Tune with an Optuna sampler."""
+    from autoprune.search import SearchOptions, run_search
+    from autoprune.space import load_space
+
+    spec = load_space(space)
+    options = SearchOptions(
+        studies=studies, trials=trials, name=name, sampler=sampler, seed=seed, gpus=gpus,
+        gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, concurrency=concurrency,
+        address=address, resume=resume, retries=retries, max_failures=max_failures,
+        seed_baselines=seed_baselines, quiet=quiet,
+    )
+    log = (lambda message: None) if quiet else (lambda message: console.print(message, markup=False))
+    outcome = run_search(spec, options, log=log)
+    study = outcome.paths.name
+    resume_command = f"autoprune search --space {space} --resume" + (f" --name {name}" if name else "")
+    if outcome.interrupted:
+        print(f"interrupted: {outcome.finished} trials finished; resume with: {resume_command}", file=sys.stderr)
+        raise typer.Exit(130)
+    if not quiet:
+        _print_front(study, studies, sort=None)
+        console.print(
+            f"{outcome.finished} trials finished, {outcome.failed} failed; front: {outcome.front_size} trials\n"
+            f"results: {outcome.paths.trials_csv}, {outcome.paths.pareto_csv}\n"
+            f"next: autoprune pareto --study {study}   |   optuna-dashboard sqlite:///{outcome.paths.optuna_db}",
+            markup=False,
+        )
+
+
+@app.command()
+def pareto(
+    study: str = typer.Option(..., "--study", help="Study name (a folder under the studies folder)."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Metric to sort the front by (default: the first objective)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print the front as CSV (for scripts)."),
+    studies: Optional[Path] = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES)."),
+) -> None:
+    """Print the Pareto front of a study (feasible, non-dominated trials)."""
+    if as_csv:
+        from autoprune.report import load_front
+
+        front, _ = load_front(study, studies, sort=sort)
+        sys.stdout.write(front.to_csv(index=False))
+        return
+    _print_front(study, studies, sort=sort)
+
+
+def _print_front(study: str, studies: Optional[Path], sort: Optional[str]) -> None:
+    from autoprune.report import front_table, load_front
+
+    front, objectives = load_front(study, studies, sort=sort)
+    console.print(front_table(front, objectives, title=f"Pareto front of {study} ({len(front)} trials)"))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script: one-line errors and exit code 2 on bad input."""
     command = typer.main.get_command(app)
@@ -132,18 +209,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     except AutopruneError as error:
         print(f"autoprune: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except click.exceptions.NoArgsIsHelpError as error:
-        click.echo(error.ctx.get_help() if error.ctx else str(error))
+    except cli_errors.NoArgsIsHelpError as error:
+        print(error.ctx.get_help() if error.ctx else str(error))
         sys.exit(0)
-    except click.UsageError as error:
+    except cli_errors.UsageError as error:
         where = f"autoprune {error.ctx.info_name}" if error.ctx and error.ctx.info_name != "autoprune" else "autoprune"
         hint = " (see --help)"
         print(f"{where}: error: {' '.join(error.format_message().split())}{hint}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("autoprune: interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.exceptions.Exit as exit_:
+    except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -51,17 +51,23 @@ def dense_digest(setup: StudySetup) -> str:
         "seed": space.study.seed,
     }
     if space.model.checkpoint:
-        recipe["checkpoint"] = _file_digest(Path(space.model.checkpoint).expanduser())
+        where = f"{space.source}: model.checkpoint"
+        recipe["checkpoint"] = _file_digest(Path(space.model.checkpoint).expanduser(), where=where)
         recipe["model"].pop("pretrain", None)
     text = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, *, where: str) -> str:
+    if not path.is_file():
+        raise AutopruneError(f"{where}: {path}: no such checkpoint file")
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise AutopruneError(f"{where}: cannot read {path}: {error.strerror or error}") from None
     return digest.hexdigest()
 
 
@@ -76,7 +82,9 @@ def load_state_dict(path: str | Path, *, what: str = "checkpoint") -> dict[str, 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "not a weights-only file"
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        first = detail.removeprefix("WeightsUnpickler error: ") or "not a weights-only file"
         raise AutopruneError(
             f"{path}: refused to load {what}: it is not a plain weights file ({first}); "
             "autoprune loads checkpoints with weights_only=True, save with torch.save(model.state_dict())"
@@ -124,8 +132,7 @@ def prepare_dense(
         check_compatible(model, state, source=f"{space.source}: model.checkpoint {space.model.checkpoint}")
         model.load_state_dict(state)
         log(f"dense model: loaded {space.model.checkpoint}")
-    elif info.get("digest") == digest and paths.dense.is_file():
-        state = load_state_dict(paths.dense, what="cached dense model")
+    elif info.get("digest") == digest and (state := _cached_state(paths, model, log)) is not None:
         model.load_state_dict(state)
         log(f"dense model: reusing {paths.dense} (same model, data, pretrain and seed)")
         return _reference(model, info, digest)
@@ -142,6 +149,19 @@ def prepare_dense(
         _write_info(paths.dense_info, info)
     log(f"dense model: validation accuracy {accuracy:.4f}, test accuracy {test_accuracy:.4f}")
     return _reference(model, info, digest)
+
+
+def _cached_state(paths: StudyPaths, model: torch.nn.Module, log: Callable[[str], None]) -> dict | None:
+    """The cached dense weights, or ``None`` (with a note) when the file is missing or unusable."""
+    if not paths.dense.is_file():
+        return None
+    try:
+        state = load_state_dict(paths.dense, what="cached dense model")
+        check_compatible(model, state, source=str(paths.dense))
+    except AutopruneError as error:
+        log(f"dense model: cache unusable, retraining ({error})")
+        return None
+    return state
 
 
 def _train_dense(setup: StudySetup) -> None:

@@ -14,6 +14,7 @@ space loader adds the file and the key path).
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -204,7 +205,9 @@ def _check_value(
         if not isinstance(value, str):
             raise ValueError(f"expected a {_type_word(value_type, names)}, got {value!r}")
         if names is not None and value not in names:
-            raise ValueError(f"unknown value {value!r}; allowed: {', '.join(names)}")
+            close = difflib.get_close_matches(value, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown value {value!r}{hint}; allowed: {', '.join(names)}")
         return value
     if not _is_number(value):
         raise ValueError(f"expected a number, got {value!r}")

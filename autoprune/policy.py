@@ -193,7 +193,7 @@ class Policy(_Strict):
         distill = " +distill" if self.finetune.distill else ""
         return (
             f"{self.granularity} {self.scorer} {self.allocation} {sparsity} "
-            f"{self.schedule.shape}×{self.schedule.steps} ft={self.finetune.epochs:g}ep "
+            f"{self.schedule.shape}×{self.schedule.steps} ft={self.finetune.epochs:.2g}ep "
             f"lr={self.finetune.lr:.2g}{distill}"
         )
 
