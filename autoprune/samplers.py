@@ -12,21 +12,21 @@ the default: the sampler and its seed are always passed explicitly.
 * ``random``: uniform random search, the reference every model-based sampler must beat.
 * ``qmc``: scrambled Sobol quasi-random search.
 
-Every factory takes ``constraints_func`` so that infeasible trials (for instance an accuracy
-drop beyond ``constraints.accuracy_drop``) are never preferred by samplers that support it.
+Infeasible trials (an accuracy drop beyond ``constraints.accuracy_drop``) are marked with
+``Trial.set_constraint`` when they are told, which every constraint-aware sampler reads; the
+samplers need no constraint function.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import warnings
+from typing import Callable
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from autoprune.registry import Registry
 
-ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
-SamplerFactory = Callable[[int, int, "ConstraintsFunc | None"], optuna.samplers.BaseSampler]
+SamplerFactory = Callable[[int, int], optuna.samplers.BaseSampler]
 
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
@@ -42,46 +42,38 @@ def nsga2_population(trials: int) -> int:
 
 
 @SAMPLERS.register("tpe")
-def _tpe(seed: int, trials: int, constraints_func: ConstraintsFunc | None) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        multivariate=True,
-        group=True,
-        n_startup_trials=startup_trials(trials),
-        constraints_func=constraints_func,
-        warn_independent_sampling=False,
-    )
+def _tpe(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        # group=True is marked experimental; it is what makes TPE model a policy's
+        # conditional parameters jointly, so autoprune uses it on purpose.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=startup_trials(trials)
+        )
 
 
 @SAMPLERS.register("nsga2")
-def _nsga2(seed: int, trials: int, constraints_func: ConstraintsFunc | None) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(
-        seed=seed, population_size=nsga2_population(trials), constraints_func=constraints_func
-    )
+def _nsga2(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(trials))
 
 
 @SAMPLERS.register("gp")
-def _gp(seed: int, trials: int, constraints_func: ConstraintsFunc | None) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GPSampler(
-        seed=seed,
-        n_startup_trials=startup_trials(trials),
-        constraints_func=constraints_func,
-        warn_independent_sampling=False,
-    )
+def _gp(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials(trials))
 
 
 @SAMPLERS.register("random")
-def _random(seed: int, trials: int, constraints_func: ConstraintsFunc | None) -> optuna.samplers.BaseSampler:
+def _random(seed: int, trials: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
 @SAMPLERS.register("qmc")
-def _qmc(seed: int, trials: int, constraints_func: ConstraintsFunc | None) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+def _qmc(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
 
 
-def make_sampler(
-    name: str, *, seed: int, trials: int, constraints_func: ConstraintsFunc | None = None
-) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """Build the sampler registered as ``name`` (unknown names list the valid ones)."""
-    return SAMPLERS.get(name)(seed, trials, constraints_func)
+    return SAMPLERS.get(name)(seed, trials)

@@ -1,0 +1,513 @@
+"""The search driver: ``autoprune search`` on Ray Tune with an Optuna sampler.
+
+One driver process runs a study:
+
+1. the space file (plus command-line overrides) is validated and saved as
+   ``studies/<study>/space.yaml``; an existing study folder must hold the same space;
+2. the data is loaded and the dense model trained (or loaded) **once**, in the driver;
+   they reach the trials through Ray's object store (``tune.with_parameters``);
+3. Ray Tune runs trials (:func:`autoprune.trial.run_trial`), each on ``--cpus-per-trial``
+   cores or ``--gpus-per-trial`` GPUs, with a :class:`ConcurrencyLimiter` so that as many
+   trials as the resources allow start together, and reused worker processes;
+4. the search algorithm is Ray's ``OptunaSearch`` on a multi-objective Optuna study stored
+   in ``studies/<study>/optuna.db`` (RDB storage: optuna-dashboard opens it), with the
+   define-by-run space of :mod:`autoprune.suggest` and a seeded sampler of
+   :mod:`autoprune.samplers`. :class:`StudySearcher` is the single writer: it tells Optuna
+   each result with the metrics, policy and error as user attributes, and rewrites
+   ``trials.csv`` and ``pareto.csv`` after every trial.
+
+**Failures.** A trial that raises or diverges reports ``failed`` with its error; a worker
+that dies is restarted by Ray up to ``--retries`` times. Either way the Optuna trial ends
+FAIL with the error recorded, and the study goes on: ``trials`` counts *finished* trials,
+and failed ones are run again with new policies, up to ``--max-failures``.
+
+**Interrupt and resume.** The Optuna study is the source of truth. Ctrl-C stops the running
+trials, marks them failed ("interrupted") and prints the resume command; running the same
+command again (or with ``--resume``) marks trials a killed driver left RUNNING as failed and
+runs exactly the trials still missing. Finished trials are never rerun. Ray Tune's own
+experiment state is kept under ``tune/`` for inspection; resume does not need it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import warnings  # noqa: E402
+
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from autoprune.context import TrialContext, build_setup, trial_context  # noqa: E402
+from autoprune.dense import prepare_dense  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
+from autoprune.layers import LayerInfo  # noqa: E402
+from autoprune.paths import StudyPaths, study_paths  # noqa: E402
+from autoprune.progress import SearchProgress  # noqa: E402
+from autoprune.results import is_feasible, write_tables  # noqa: E402
+from autoprune.samplers import make_sampler  # noqa: E402
+from autoprune.space import PolicySpace, SearchSpace, parse_space  # noqa: E402
+from autoprune.suggest import PolicySuggester, policy_from_params  # noqa: E402
+
+logger = logging.getLogger("autoprune.search")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Trials receive the shared context read-only (they copy the model before training), so
+# Ray's zero-copy tensor warning does not apply.
+warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
+OUTCOME_KEY = "autoprune_outcome"  # JSON text: Ray flattens nested dicts in results
+FINISHED = optuna.trial.TrialState.COMPLETE
+FAILED = optuna.trial.TrialState.FAIL
+
+
+@dataclass
+class SearchOptions:
+    """How to run a study (the ``autoprune search`` flags)."""
+
+    studies: str | Path | None = None
+    trials: int | None = None
+    name: str | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    gpus: float = 0
+    gpus_per_trial: float = 1
+    cpus_per_trial: float = 1
+    concurrency: int | None = None
+    address: str | None = None
+    resume: bool = False
+    retries: int = 1
+    max_failures: int | None = None
+    seed_baselines: bool = False
+    quiet: bool = False
+    extra_trial_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SearchOutcome:
+    """What a call of :func:`run_search` ended with."""
+
+    paths: StudyPaths
+    finished: int
+    failed: int
+    interrupted: bool
+    front_size: int
+
+
+def apply_overrides(space: SearchSpace, options: SearchOptions) -> SearchSpace:
+    """The space with ``--trials``, ``--name``, ``--sampler`` and ``--seed`` applied (validated)."""
+    raw = space.to_yaml_dict()
+    for key in ("trials", "name", "sampler", "seed"):
+        value = getattr(options, key)
+        if value is not None:
+            raw["study"][key] = value
+    return parse_space(raw, source=space.source)
+
+
+def _comparable(space: SearchSpace) -> dict[str, Any]:
+    raw = space.to_yaml_dict()
+    raw["study"].pop("trials", None)
+    return raw
+
+
+def save_space(space: SearchSpace, paths: StudyPaths) -> None:
+    """Write ``space.yaml``, refusing to reuse a study folder that ran a different space."""
+    paths.create()
+    if paths.space.exists():
+        previous = parse_space(yaml.safe_load(paths.space.read_text()), source=str(paths.space))
+        if _comparable(previous) != _comparable(space):
+            raise AutopruneError(
+                f"{paths.space}: study {space.study.name!r} already exists with a different space; "
+                "use --name to start a new study, or delete the folder to start over"
+            )
+    text = yaml.safe_dump(space.to_yaml_dict(), sort_keys=False)
+    tmp = paths.space.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, paths.space)
+
+
+def open_study(space: SearchSpace, paths: StudyPaths) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    """The study's Optuna study in ``optuna.db``; trials a dead driver left RUNNING become FAIL."""
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{paths.optuna_db}", engine_kwargs={"connect_args": {"timeout": 30}}
+    )
+    sampler = make_sampler(space.study.sampler, seed=space.study.seed, trials=space.study.trials)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=space.study.name,
+        sampler=sampler,
+        directions=["maximize" if d == "max" else "minimize" for d in space.objectives.values()],
+        load_if_exists=True,
+    )
+    fail_running(study, "the driver stopped while the trial was running (interrupted or killed)")
+    return study, storage
+
+
+def fail_running(study: optuna.Study, reason: str) -> int:
+    """Mark every RUNNING trial of ``study`` FAIL with ``reason``; returns how many."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "error", reason)
+        study.tell(trial.number, state=FAILED)
+    return len(stale)
+
+
+def count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+class StudyRecorder:
+    """Turns one Ray Tune trial result into an Optuna tell plus ``trials.csv``/``pareto.csv``.
+
+    Kept apart from the searcher so that the driver-side progress display can listen to it;
+    it pickles without the display (Ray checkpoints the searcher).
+    """
+
+    def __init__(self, space: SearchSpace, paths: StudyPaths) -> None:
+        self.objectives = dict(space.objectives)
+        self.constraints = space.constraints.model_dump()
+        self.trials_csv = paths.trials_csv
+        self.pareto_csv = paths.pareto_csv
+        self.listener: SearchProgress | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "listener": None}
+
+    def record(self, study: optuna.Study, ot_trial: optuna.Trial, result: dict[str, Any] | None, error: bool) -> None:
+        encoded = (result or {}).get(OUTCOME_KEY)
+        outcome = json.loads(encoded) if isinstance(encoded, str) else None
+        if outcome and not outcome.get("error"):
+            metrics = outcome["metrics"]
+            ot_trial.set_user_attr("metrics", metrics)
+            ot_trial.set_user_attr("policy", outcome["policy"])
+            ot_trial.set_user_attr("steps", outcome.get("steps", []))
+            ot_trial.set_user_attr("layer_sparsity", outcome.get("layer_sparsity", {}))
+            ot_trial.set_user_attr("feasible", is_feasible(metrics, self.constraints))
+            bound = self.constraints.get("accuracy_drop")
+            if bound is not None:
+                ot_trial.set_constraint("accuracy_drop", float(metrics["accuracy_drop"]) - bound)
+            ot_trial.set_user_attr("device", outcome.get("device", ""))
+            study.tell(ot_trial, [float(metrics[name]) for name in self.objectives])
+        else:
+            message = (outcome or {}).get("error") or (
+                "the trial's worker process died or was stopped (see search.log)" if error else "the trial was stopped"
+            )
+            ot_trial.set_user_attr("error", message)
+            if outcome and outcome.get("policy"):
+                ot_trial.set_user_attr("policy", outcome["policy"])
+            study.tell(ot_trial, state=FAILED)
+        frame = write_tables(study.get_trials(deepcopy=False), self.objectives, self.trials_csv, self.pareto_csv)
+        if self.listener is not None:
+            self.listener.trial_done(frame, ot_trial.number)
+
+
+class StudySearcher(OptunaSearch):
+    """Ray's ``OptunaSearch`` whose results are told by a :class:`StudyRecorder`.
+
+    Optuna gets every metric, the policy and any error as user attributes, and failed trials
+    end FAIL with their error instead of disappearing.
+    """
+
+    def __init__(self, *args: Any, recorder: StudyRecorder, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorder = recorder
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._recorder.record(self._ot_study, self._ot_trials[trial_id], result, error)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(space: SearchSpace, layers: list[LayerInfo], study_storage: optuna.storages.RDBStorage,
+                  recorder: StudyRecorder, concurrency: int) -> ConcurrencyLimiter:
+    """A :class:`StudySearcher` on the study's storage behind a concurrency limiter."""
+    sampler = make_sampler(space.study.sampler, seed=space.study.seed, trials=space.study.trials)
+    searcher = StudySearcher(
+        space=PolicySuggester(space.space, layers, space.study.seed),
+        metric=list(space.objectives),
+        mode=list(space.objectives.values()),
+        sampler=sampler,
+        study_name=space.study.name,
+        storage=study_storage,
+        recorder=recorder,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def policy_trainable(config: dict[str, Any], *, shared: dict[str, Any]) -> None:
+    """The Ray Tune trainable: one policy, run with the shared context, reported once.
+
+    Never raises for a failing policy: it reports ``{OUTCOME_KEY: '{"error": ...}'}`` so the
+    error reaches the study. Objective placeholders keep Ray's metric check satisfied; the
+    recorder never tells them to Optuna.
+    """
+    import torch
+    from ray import tune
+
+    from autoprune.trial import TrialFailed, run_trial
+
+    context: TrialContext = shared["context"]
+    space: PolicySpace = shared["space"]
+    threads = max(1, int(shared["cpus_per_trial"]))
+    torch.set_num_threads(threads)
+    device = "cuda" if shared["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu"
+    context = _on_device(context, device)
+    policy = policy_from_params(config, space, shared["layers"], shared["seed"])
+    placeholders = {name: 0.0 for name in shared["objectives"]}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    try:
+        fault = shared.get("inject_fault")
+        if fault is not None:
+            fault(policy)
+        result = run_trial(policy, context, threads=threads)
+    except (TrialFailed, AutopruneError, RuntimeError, ValueError, MemoryError, FloatingPointError) as exc:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        tune.report({**placeholders, OUTCOME_KEY: json.dumps({"error": message, "policy": policy.to_dict()})})
+        return
+    outcome = {
+        "metrics": result.metrics,
+        "policy": policy.to_dict(),
+        "steps": result.steps,
+        "layer_sparsity": result.layer_sparsity,
+        "device": f"{device} CUDA_VISIBLE_DEVICES={visible}" if visible else device,
+    }
+    tune.report({**{k: result.metrics[k] for k in shared["objectives"]}, OUTCOME_KEY: json.dumps(outcome)})
+
+
+def _on_device(context: TrialContext, device: str) -> TrialContext:
+    if device == context.device:
+        return context
+    from dataclasses import replace
+
+    return replace(context, device=device)
+
+
+def _start_ray(options: SearchOptions, concurrency_hint: int, log_path: Path) -> bool:
+    """Start a local Ray cluster (or attach to ``--address``); returns whether we started it."""
+    import ray
+
+    ray_logger = logging.getLogger("ray")
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        current = logging.getLogger(name)
+        current.handlers = [handler]
+        current.propagate = False
+    ray_logger.setLevel(logging.INFO)
+    if ray.is_initialized():
+        return False
+    if options.address:
+        try:
+            ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise AutopruneError(f"--address {options.address}: cannot attach to a Ray cluster: {exc}".splitlines()[0]) from None
+        return False
+    cpus = os.cpu_count() or 1
+    if options.gpus > 0:
+        cpus = max(cpus, math.ceil(concurrency_hint * options.cpus_per_trial))
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=options.gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
+    return True
+
+
+def _concurrency(options: SearchOptions) -> int:
+    """Trials that run at once: GPUs / GPUs per trial, else CPUs / CPUs per trial."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if options.concurrency:
+        return options.concurrency
+    if options.gpus > 0:
+        have = resources.get("GPU", 0)
+        if options.gpus_per_trial > have:
+            raise AutopruneError(
+                f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {have:g} GPUs; "
+                "trials would wait forever. Ask for at most that many"
+            )
+        if options.gpus > have:
+            raise AutopruneError(f"--gpus {options.gpus:g}: the Ray cluster has only {have:g} GPUs")
+        return max(1, int(options.gpus // options.gpus_per_trial))
+    return max(1, int(resources.get("CPU", 1) // options.cpus_per_trial))
+
+
+def _check_options(options: SearchOptions) -> None:
+    if options.gpus < 0:
+        raise AutopruneError(f"--gpus {options.gpus:g}: must be 0 (CPU trials) or more")
+    if options.gpus > 0 and not 0 < options.gpus_per_trial <= options.gpus:
+        raise AutopruneError(
+            f"--gpus-per-trial {options.gpus_per_trial:g}: must be more than 0 and at most --gpus ({options.gpus:g})"
+        )
+    if options.cpus_per_trial <= 0:
+        raise AutopruneError(f"--cpus-per-trial {options.cpus_per_trial:g}: must be more than 0")
+    if options.retries < 0:
+        raise AutopruneError(f"--retries {options.retries}: must be 0 or more")
+
+
+def _seed_baselines(study: optuna.Study, space: SearchSpace) -> int:
+    """Enqueue uniform and global magnitude pruning at three sparsities (only values the space allows)."""
+    policy_space = space.space
+    target = policy_space.target_sparsity
+    if target.kind == "range":
+        sparsities = [target.low + (target.high - target.low) * q for q in (0.25, 0.5, 0.75)]
+    else:
+        sparsities = list(target.options())
+    queued = 0
+    for allocation in ("uniform", "global"):
+        for sparsity in sparsities:
+            wanted = {"scorer": "magnitude", "allocation": allocation, "target_sparsity": sparsity,
+                      "granularity": "unstructured", "schedule.shape": "one_shot"}
+            params = {}
+            allowed = True
+            for key, value in wanted.items():
+                param = {"scorer": policy_space.scorer, "allocation": policy_space.allocation,
+                         "target_sparsity": target, "granularity": policy_space.granularity,
+                         "schedule.shape": policy_space.schedule.shape}[key]
+                if not param.searched:
+                    allowed &= param.kind == "range" or value in param.options() or key == "target_sparsity"
+                    continue
+                if param.kind == "choice" and value not in param.choices:
+                    allowed = False
+                params[key] = value
+            if allowed and params:
+                study.enqueue_trial(params, skip_if_exists=True)
+                queued += 1
+    return queued
+
+
+def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str], None] = print) -> SearchOutcome:
+    """Run (or resume) the study of ``space`` until ``study.trials`` trials have finished."""
+    _check_options(options)
+    space = apply_overrides(space, options)
+    paths = study_paths(space.study.name, options.studies)
+    save_space(space, paths)
+    setup = build_setup(space)
+    study, storage = open_study(space, paths)
+    finished = count(study, FINISHED)
+    failed_before = count(study, FAILED)
+    wanted = space.study.trials
+    if finished and not options.resume:
+        log(f"study {space.study.name}: {finished} of {wanted} trials already finished; resuming")
+    if finished >= wanted:
+        frame = write_tables(study.get_trials(deepcopy=False), space.objectives, paths.trials_csv, paths.pareto_csv)
+        return SearchOutcome(paths, finished, failed_before, False, int(frame["pareto"].sum()) if len(frame) else 0)
+    dense = prepare_dense(setup, paths, log=log)
+    context = trial_context(setup, dense)
+    if options.seed_baselines and not finished:
+        log(f"seeded the study with {_seed_baselines(study, space)} baseline policies")
+    max_failures = options.max_failures if options.max_failures is not None else max(3, wanted)
+    concurrency_hint = options.concurrency or (
+        max(1, int(options.gpus // options.gpus_per_trial)) if options.gpus > 0 else 1
+    )
+    started_ray = _start_ray(options, concurrency_hint, paths.log)
+    progress = SearchProgress(space, dense_accuracy=dense.accuracy, total=wanted, already=finished, quiet=options.quiet,
+                              log=log)
+    interrupted = False
+    try:
+        concurrency = _concurrency(options)
+        log(f"running {wanted - finished} trials, {concurrency} at a time "
+            f"({'GPU' if options.gpus else 'CPU'}); Ray's log: {paths.log}")
+        recorder = StudyRecorder(space, paths)
+        recorder.listener = progress
+        shared = {
+            "context": context,
+            "space": space.space,
+            "layers": setup.layers,
+            "seed": space.study.seed,
+            "objectives": list(space.objectives),
+            "cpus_per_trial": options.cpus_per_trial,
+            "gpus_per_trial": options.gpus_per_trial if options.gpus > 0 else 0,
+            **options.extra_trial_options,
+        }
+        with progress:
+            while True:
+                finished = count(study, FINISHED)
+                failures = count(study, FAILED) - failed_before
+                if finished >= wanted:
+                    break
+                if failures >= max_failures:
+                    raise AutopruneError(
+                        f"study {space.study.name}: {failures} trials failed (--max-failures {max_failures}); "
+                        f"see the error column of {paths.trials_csv}"
+                    )
+                remaining = wanted - finished
+                interrupted = _fit(space, setup.layers, storage, recorder, shared, options, paths,
+                                   samples=remaining,
+                                   concurrency=concurrency)
+                if interrupted:
+                    fail_running(study, "interrupted (Ctrl-C)")
+                    break
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    frame = write_tables(study.get_trials(deepcopy=False), space.objectives, paths.trials_csv, paths.pareto_csv)
+    finished = count(study, FINISHED)
+    return SearchOutcome(
+        paths=paths,
+        finished=finished,
+        failed=count(study, FAILED) - failed_before,
+        interrupted=interrupted,
+        front_size=int(frame["pareto"].sum()) if len(frame) else 0,
+    )
+
+
+def _fit(space: SearchSpace, layers: list[LayerInfo], storage: optuna.storages.RDBStorage, recorder: StudyRecorder,
+         shared: dict[str, Any], options: SearchOptions, paths: StudyPaths, *, samples: int, concurrency: int) -> bool:
+    """One ``Tuner.fit()`` of up to ``samples`` trials; returns whether it was interrupted."""
+    from ray import tune
+
+    searcher = make_searcher(space, layers, storage, recorder, concurrency)
+    resources = {"cpu": options.cpus_per_trial}
+    if shared["gpus_per_trial"]:
+        resources["gpu"] = shared["gpus_per_trial"]
+    trainable = tune.with_resources(tune.with_parameters(policy_trainable, shared=shared), resources)
+    run_name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples, reuse_actors=True,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(paths.tune),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=options.retries),
+            log_to_file=True,
+        ),
+    )
+    interrupted = {"flag": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted["flag"] = True
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted["flag"] = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return interrupted["flag"]
