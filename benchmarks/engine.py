@@ -1,0 +1,613 @@
+"""What the pruning engine buys, measured: speedup next to MAC reduction, and scorer cost.
+
+Channel removal shrinks every kernel, so a model with R× fewer MACs should run close to R×
+faster; unstructured masks leave the dense kernels multiplying zeros, so they should not
+run faster at all. This benchmark checks both on the built-in ``small_cnn`` and ``lenet5``
+for Fashion-MNIST-shaped input ``(1, 28, 28)``, 10 classes:
+
+* **channel**: one uniform fraction of output channels is removed from every prunable
+  layer except the output layer (kept channels ranked by the ``l2`` scorer, removed with
+  :func:`autoprune.prune.remove_channels`). The fraction is found by bisection on
+  :func:`autoprune.measure.macs` so that about 50% and about 75% of the MACs go.
+* **unstructured**: 90% of every layer's weights masked by ``magnitude`` and baked in with
+  :func:`autoprune.prune.remove_masks`. Counted MACs do not change (dense kernels); the
+  table compares the speedup with the reduction of *non-zero* MACs, what a sparse kernel
+  could at best skip.
+* **floor**: every layer cut to one channel. Its latency is what is left when the
+  arithmetic is nearly gone (per-layer framework overhead), the part channel removal cannot
+  shrink; it explains ratios below target.
+
+Each dense/pruned pair is timed by :func:`autoprune.measure.measure_latency_pair` (runs
+interleaved, median of ``repeats``, one thread) at batch 1 and batch 256; the whole set of
+pairs is repeated for several rounds and the median of the rounds' speedups is reported
+with its min–max spread. ratio = speedup / MAC reduction; the target is ratio ≥ 0.7.
+Where the target is missed, a :mod:`torch.profiler` split of each forward into
+conv/matmul ops and other ops (pooling, batch norm, activations) says why.
+
+Weights are random (seeded) and never trained: latency does not depend on weight values,
+and the ``l2``/``magnitude`` rankings only decide *which* channels go, not how many.
+
+Scorer cost: median wall time of ``channel_scores`` and ``weight_scores`` of every scorer
+in :data:`autoprune.scorers.SCORERS` on ``small_cnn`` with 4 calibration batches of 128
+Fashion-MNIST training images (one untimed call first).
+
+Usage::
+
+    python benchmarks/engine.py [--smoke] [--out benchmarks/results]
+
+writes ``engine.json`` (every number, command, date, machine) and ``engine.md`` (tables).
+``--smoke`` runs a few-second version (one model, one round, tiny repeats, two scorers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+torch.set_num_threads(1)
+
+from autoprune.allocation import channels_to_keep, masks_from_scores  # noqa: E402
+from autoprune.data import load_data  # noqa: E402
+from autoprune.measure import PRUNABLE_TYPES, macs, measure_latency_pair  # noqa: E402
+from autoprune.models import build_model, example_input, output_layer_name, prunable_layers  # noqa: E402
+from autoprune.prune import apply_masks, remove_channels, remove_masks  # noqa: E402
+from autoprune.scorers import SCORERS, make_scorer  # noqa: E402
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+CHANNEL_TARGETS = (0.5, 0.75)
+UNSTRUCTURED_SPARSITY = 0.9
+TARGET_RATIO = 0.7
+BATCH_SIZES = (1, 256)
+SEED = 0
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure: the full run, or the few-second ``--smoke`` version."""
+
+    models: tuple[str, ...]
+    rounds: int
+    repeats: Mapping[int, int]
+    warmup: int
+    scorers: tuple[str, ...]
+    scorer_calls: int
+    calibration: tuple[int, int]
+    profile_runs: Mapping[int, int]
+
+
+FULL = Settings(
+    models=("small_cnn", "lenet5"), rounds=3, repeats={1: 300, 256: 30}, warmup=10,
+    scorers=tuple(SCORERS), scorer_calls=5, calibration=(4, 128), profile_runs={1: 100, 256: 5},
+)
+SMOKE = Settings(
+    models=("lenet5",), rounds=1, repeats={1: 5, 256: 2}, warmup=1,
+    scorers=("l2", "taylor"), scorer_calls=1, calibration=(2, 32), profile_runs={1: 2, 256: 1},
+)
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so a background run's log shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def dense_model(name: str) -> nn.Module:
+    """The built-in ``name`` for Fashion-MNIST shapes, seeded random weights, eval mode."""
+    torch.manual_seed(SEED)
+    return build_model(name, None, INPUT_SHAPE, NUM_CLASSES).eval()
+
+
+def nonzero_macs(model: nn.Module) -> int:
+    """MACs of one sample counting only non-zero weights (what a sparse kernel would do).
+
+    Per conv/linear layer: non-zero weights × output positions per channel. Equals
+    :func:`autoprune.measure.macs` for a model without zero weights.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal total
+        positions = output[0].numel() // output.shape[1] if output.dim() > 2 else 1
+        total += int(torch.count_nonzero(module.weight)) * positions
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    try:
+        with torch.no_grad():
+            model(example_input(INPUT_SHAPE))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def channel_pruned(dense: nn.Module, fraction: float) -> nn.Module:
+    """A copy of ``dense`` with ``fraction`` of each non-output layer's channels removed (``l2``)."""
+    model = copy.deepcopy(dense)
+    layers = prunable_layers(model)
+    output = output_layer_name(model)
+    inner = {name: layer for name, layer in layers.items() if name != output}
+    scores = make_scorer("l2").channel_scores(model, inner)
+    keep = channels_to_keep(scores, dict.fromkeys(inner, fraction))
+    remove_channels(model, example_input(INPUT_SHAPE), keep, protected={output})
+    return model.eval()
+
+
+def fraction_for(dense: nn.Module, target: float, steps: int = 20) -> float:
+    """The uniform channel fraction whose MACs removed is closest to ``target`` (bisection).
+
+    MACs fall monotonically (in steps, channels are whole) as the fraction grows; the
+    bisection brackets the step that crosses ``target`` and the closer side wins.
+    """
+    full = macs(dense, INPUT_SHAPE)
+
+    def removed(fraction: float) -> float:
+        return 1.0 - macs(channel_pruned(dense, fraction), INPUT_SHAPE) / full
+
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if removed(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return min((low, high), key=lambda f: abs(removed(f) - target))
+
+
+def unstructured_pruned(dense: nn.Module, sparsity: float) -> nn.Module:
+    """A copy of ``dense`` with ``sparsity`` of every layer's weights masked by magnitude, baked."""
+    model = copy.deepcopy(dense)
+    layers = prunable_layers(model)
+    scores = make_scorer("magnitude").weight_scores(model, layers)
+    apply_masks(layers, masks_from_scores(scores, dict.fromkeys(layers, sparsity)))
+    remove_masks(layers)
+    return model.eval()
+
+
+def variants(dense: nn.Module) -> dict[str, tuple[nn.Module, dict]]:
+    """The pruned models of one dense model, by key, each with its description."""
+    out: dict[str, tuple[nn.Module, dict]] = {}
+    for target in CHANNEL_TARGETS:
+        fraction = fraction_for(dense, target)
+        info = {"pruning": "channel", "target_macs_removed": target, "channel_fraction": fraction}
+        out[f"channel_{round(target * 100)}"] = (channel_pruned(dense, fraction), info)
+    info = {"pruning": "unstructured", "sparsity": UNSTRUCTURED_SPARSITY, "scorer": "magnitude"}
+    out[f"unstructured_{round(UNSTRUCTURED_SPARSITY * 100)}"] = (
+        unstructured_pruned(dense, UNSTRUCTURED_SPARSITY), info)
+    out["floor"] = (channel_pruned(dense, 1.0), {"pruning": "channel", "channel_fraction": 1.0})
+    return out
+
+
+def describe(dense: nn.Module, pruned: nn.Module, info: dict) -> dict:
+    """MAC counts and reduction of ``pruned`` against ``dense``, plus its layer widths.
+
+    ``mac_reduction`` divides non-zero MACs (= counted MACs for channel pruning), so for
+    masks it is the reduction a sparse kernel could exploit, not what dense kernels do.
+    """
+    dense_nz, pruned_nz = nonzero_macs(dense), nonzero_macs(pruned)
+    return {
+        **info,
+        "channels": {name: int(layer.weight.shape[0]) for name, layer in prunable_layers(pruned).items()},
+        "macs": macs(pruned, INPUT_SHAPE),
+        "nonzero_macs": pruned_nz,
+        "macs_removed": 1.0 - pruned_nz / dense_nz,
+        "mac_reduction": dense_nz / pruned_nz,
+    }
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_pairs(
+    models: Mapping[str, tuple[nn.Module, Mapping[str, nn.Module]]], settings: Settings
+) -> dict[str, dict[str, dict[int, list[dict[str, float]]]]]:
+    """Per model, variant and batch size: one ``measure_latency_pair`` result per round.
+
+    A round times every (dense, variant) pair once at every batch size, so slow phases of
+    the machine are spread over all variants instead of hitting one.
+    """
+    rounds: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {
+        model: {key: {b: [] for b in BATCH_SIZES} for key in pruned} for model, (_, pruned) in models.items()
+    }
+    for index in range(settings.rounds):
+        log(f"timing round {index + 1}/{settings.rounds}")
+        for batch in BATCH_SIZES:
+            for model, (dense, pruned) in models.items():
+                for key, model_pruned in pruned.items():
+                    rounds[model][key][batch].append(measure_latency_pair(
+                        dense, model_pruned, INPUT_SHAPE, batch_size=batch,
+                        warmup=settings.warmup, repeats=settings.repeats[batch], threads=1,
+                    ))
+    return rounds
+
+
+def summarize(per_round: Sequence[Mapping[str, float]], mac_reduction: float) -> dict:
+    """Median over rounds of the speedup and latencies, the speedup's spread, the ratio."""
+    speedups = [r["speedup"] for r in per_round]
+    speedup = statistics.median(speedups)
+    return {
+        "speedup": speedup,
+        "speedup_min": min(speedups),
+        "speedup_max": max(speedups),
+        "ratio": speedup / mac_reduction,
+        "dense_latency_ms": statistics.median(r["dense_latency_ms"] for r in per_round),
+        "latency_ms": statistics.median(r["latency_ms"] for r in per_round),
+        "rounds": list(per_round),
+    }
+
+
+def _is_mac_op(key: str) -> bool:
+    """Whether profiler op ``key`` is a conv or matmul kernel (the work MACs count)."""
+    return "conv" in key or key in {"aten::addmm", "aten::mm", "aten::matmul", "aten::bmm", "aten::linear"}
+
+
+def op_profile(model: nn.Module, batch: int, runs: int) -> dict:
+    """Self CPU ms per forward of ``model``, split into conv/matmul ops and all other ops.
+
+    Measured with :mod:`torch.profiler` (one thread, eval, inference mode, two untimed
+    forwards first). The profiler adds its own per-op cost, so these explain where time
+    goes; the speedups come from :func:`time_pairs`. ``top_other`` names the three
+    costliest non-MAC ops (pooling, batch norm, activations, allocation, ...).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(batch, *INPUT_SHAPE)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    per_op = {event.key: event.self_cpu_time_total / 1000.0 / runs for event in prof.key_averages()}
+    other = sorted(((k, v) for k, v in per_op.items() if not _is_mac_op(k)), key=lambda kv: -kv[1])
+    return {
+        "mac_ops_ms": sum(v for k, v in per_op.items() if _is_mac_op(k)),
+        "other_ops_ms": sum(v for _, v in other),
+        "top_other": [[k, v] for k, v in other[:3]],
+    }
+
+
+def profile_models(
+    models: Mapping[str, tuple[nn.Module, Mapping[str, nn.Module]]], settings: Settings
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """Per model: ``op_profile`` of the dense model and each channel variant at each batch size."""
+    log("profiling where the time goes")
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    for name, (dense, pruned) in models.items():
+        chosen = {"dense": dense, **{k: m for k, m in pruned.items() if k.startswith("channel_")}}
+        out[name] = {
+            key: {str(b): op_profile(model, b, settings.profile_runs[b]) for b in BATCH_SIZES}
+            for key, model in chosen.items()
+        }
+    return out
+
+
+def benchmark_models(settings: Settings) -> dict[str, dict]:
+    """Build, prune, describe and time every model of ``settings``."""
+    built: dict[str, tuple[nn.Module, dict[str, nn.Module]]] = {}
+    results: dict[str, dict] = {}
+    for name in settings.models:
+        log(f"{name}: searching channel fractions")
+        dense = dense_model(name)
+        pruned = variants(dense)
+        built[name] = (dense, {key: model for key, (model, _) in pruned.items()})
+        results[name] = {
+            "dense_macs": macs(dense, INPUT_SHAPE),
+            "dense_channels": {n: int(m.weight.shape[0]) for n, m in prunable_layers(dense).items()},
+            "variants": {key: describe(dense, model, info) for key, (model, info) in pruned.items()},
+        }
+    timings = time_pairs(built, settings)
+    profiles = profile_models(built, settings)
+    for name, result in results.items():
+        result["profile"] = profiles[name]
+        for key, variant in result["variants"].items():
+            variant["latency"] = {
+                str(batch): summarize(timings[name][key][batch], variant["mac_reduction"])
+                for batch in BATCH_SIZES
+            }
+    return results
+
+
+def time_calls(call: Callable[[], object], calls: int) -> dict[str, float]:
+    """Median and min/max wall ms of ``calls`` runs of ``call`` after one untimed run."""
+    call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "calls": calls}
+
+
+def benchmark_scorers(settings: Settings) -> dict[str, dict]:
+    """Wall time of ``channel_scores`` and ``weight_scores`` of each scorer on ``small_cnn``."""
+    log("scorers: loading Fashion-MNIST")
+    n_batches, batch_size = settings.calibration
+    calibration = load_data("fashion_mnist", seed=SEED).calibration_batches(n_batches, batch_size, seed=SEED)
+    model = dense_model("small_cnn")
+    layers = prunable_layers(model)
+    results = {}
+    for name in settings.scorers:
+        log(f"scorers: {name}")
+        scorer = make_scorer(name)
+        results[name] = {
+            "needs_data": scorer.needs_data,
+            "channel_scores": time_calls(lambda: scorer.channel_scores(model, layers, calibration),
+                                         settings.scorer_calls),
+            "weight_scores": time_calls(lambda: scorer.weight_scores(model, layers, calibration),
+                                        settings.scorer_calls),
+        }
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    """The ``model name`` line of /proc/cpuinfo, or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository (with ``-dirty`` if the tree has changes), or ``None``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """Platform, CPU, core count, torch version and thread setting of this run."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def _speedup_cell(stats: Mapping[str, float]) -> str:
+    return f"{stats['speedup']:.2f}× ({stats['speedup_min']:.2f}–{stats['speedup_max']:.2f})"
+
+
+def _verdict(variant: Mapping) -> str:
+    if variant["pruning"] != "channel":
+        return "n/a (≈1.0× expected)"
+    met = [f"b{b} {'yes' if variant['latency'][str(b)]['ratio'] >= TARGET_RATIO else 'no'}" for b in BATCH_SIZES]
+    return ", ".join(met)
+
+
+def _label(variant: Mapping) -> str:
+    if variant["pruning"] == "unstructured":
+        return f"unstructured {variant['sparsity']:.0%} ({variant['scorer']})"
+    return f"channel {variant['channel_fraction']:.1%} per layer (l2)"
+
+
+def _op_short(key: str) -> str:
+    return key.removeprefix("aten::")
+
+
+def _reasons(variant: Mapping, dense: Mapping, pruned: Mapping, floor_share: float) -> list[str]:
+    """Which of three causes a below-target ratio shows, each with its numbers.
+
+    ``dense``/``pruned`` are :func:`op_profile` results, ``floor_share`` the share of the
+    dense latency that the 1-channel floor keeps.
+    """
+    reduction = variant["mac_reduction"]
+    mac_speedup = dense["mac_ops_ms"] / pruned["mac_ops_ms"]
+    other_speedup = dense["other_ops_ms"] / pruned["other_ops_ms"]
+    other_share = dense["other_ops_ms"] / (dense["mac_ops_ms"] + dense["other_ops_ms"])
+    reasons = []
+    if floor_share >= 0.5:
+        reasons.append(f"fixed per-op overhead: the 1-channel floor keeps {floor_share:.0%} of dense latency")
+    if mac_speedup < TARGET_RATIO * reduction:
+        reasons.append(f"the conv/matmul kernels themselves gain only {mac_speedup:.2f}× (narrow layers run "
+                       "below the kernels' efficiency)")
+    if other_share >= 0.3 and other_speedup < TARGET_RATIO * reduction:
+        reasons.append(f"non-MAC ops ({_op_short(dense['top_other'][0][0])} first) take {other_share:.0%} of "
+                       f"dense time and shrink with the channel count, not with MACs ({other_speedup:.2f}×)")
+    return reasons or ["no single cause stands out in the profile"]
+
+
+def misses(results: Mapping[str, dict]) -> list[str]:
+    """One line per channel result below the target ratio, with the evident causes.
+
+    Causes looked for (see :func:`_reasons`): fixed per-op overhead (the 1-channel floor),
+    conv/matmul kernels gaining less than their MACs fall, and pooling/normalisation/
+    activation ops, whose work falls with the channel count while MACs fall about with its
+    square.
+    """
+    lines = []
+    for model, result in results.items():
+        for key, variant in result["variants"].items():
+            if variant["pruning"] != "channel" or key == "floor":
+                continue
+            for batch in BATCH_SIZES:
+                stats = variant["latency"][str(batch)]
+                if stats["ratio"] >= TARGET_RATIO:
+                    continue
+                dense, pruned = result["profile"]["dense"][str(batch)], result["profile"][key][str(batch)]
+                floor_share = 1.0 / result["variants"]["floor"]["latency"][str(batch)]["speedup"]
+                why = "; ".join(_reasons(variant, dense, pruned, floor_share))
+                lines.append(
+                    f"{model} {key} batch {batch}: ratio {stats['ratio']:.2f} (speedup {stats['speedup']:.2f}× "
+                    f"for {variant['mac_reduction']:.2f}× fewer MACs). Why: {why}."
+                )
+    return lines
+
+
+def markdown(report: Mapping) -> str:
+    """The summary tables of ``report`` as markdown."""
+    settings = report["settings"]
+    rows = [
+        "| model | pruning | MACs removed | MAC reduction | speedup b1 | ratio b1 | speedup b256 | ratio b256 "
+        "| target met (ratio ≥ 0.7)? |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    latency_rows = [
+        "| model | pruning | dense b1 ms | pruned b1 ms | dense b256 ms | pruned b256 ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for model, result in report["models"].items():
+        for key, v in result["variants"].items():
+            b1, b256 = v["latency"]["1"], v["latency"]["256"]
+            label = "floor: 1 channel per layer" if key == "floor" else _label(v)
+            verdict = "(reference)" if key == "floor" else _verdict(v)
+            rows.append(
+                f"| {model} | {label} | {v['macs_removed']:.1%} | {v['mac_reduction']:.2f}× | "
+                f"{_speedup_cell(b1)} | {b1['ratio']:.2f} | {_speedup_cell(b256)} | {b256['ratio']:.2f} | {verdict} |"
+            )
+            latency_rows.append(
+                f"| {model} | {label} | {b1['dense_latency_ms']:.3f} | {b1['latency_ms']:.3f} | "
+                f"{b256['dense_latency_ms']:.2f} | {b256['latency_ms']:.2f} |"
+            )
+    profile_rows = [
+        "| model | pruning | batch | conv/matmul ms dense → pruned | other ops ms dense → pruned "
+        "| other share of dense | costliest other ops (dense, ms) |",
+        "|---|---|---:|---|---|---:|---|",
+    ]
+    for model, result in report["models"].items():
+        for key, by_batch in result["profile"].items():
+            if key == "dense":
+                continue
+            for batch, pruned in by_batch.items():
+                dense = result["profile"]["dense"][batch]
+                share = dense["other_ops_ms"] / (dense["mac_ops_ms"] + dense["other_ops_ms"])
+                top = ", ".join(f"{_op_short(op)} {ms:.3g}" for op, ms in dense["top_other"])
+                profile_rows.append(
+                    f"| {model} | {key} | {batch} | {dense['mac_ops_ms']:.3g} → {pruned['mac_ops_ms']:.3g} "
+                    f"({dense['mac_ops_ms'] / pruned['mac_ops_ms']:.2f}×) | {dense['other_ops_ms']:.3g} → "
+                    f"{pruned['other_ops_ms']:.3g} ({dense['other_ops_ms'] / pruned['other_ops_ms']:.2f}×) | "
+                    f"{share:.0%} | {top} |"
+                )
+    scorer_rows = [
+        "| scorer | needs data | channel_scores ms | weight_scores ms |",
+        "|---|---|---:|---:|",
+    ]
+    for name, s in report["scorers"].items():
+        scorer_rows.append(
+            f"| {name} | {'yes' if s['needs_data'] else 'no'} | {s['channel_scores']['median_ms']:.2f} | "
+            f"{s['weight_scores']['median_ms']:.2f} |"
+        )
+    m = report["machine"]
+    n_batches, batch_size = settings["calibration"]
+    miss_lines = [f"- {line}" for line in report["misses"]] or ["- none"]
+    return "\n".join([
+        "# Engine benchmark: speedup vs MAC reduction, scorer cost",
+        "",
+        f"Command: `{report['command']}` (cwd `{report['cwd']}`), {report['date']}, "
+        f"commit `{report['git_commit']}`.",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}, torch {m['torch']}, "
+        f"1 torch thread. Load average at start/end: {report['loadavg_start']} / {report['loadavg_end']}.",
+        "",
+        "Models built by `build_model` for input (1, 28, 28), 10 classes, seeded random weights, "
+        "**not trained** (latency does not depend on weight values). Channel rows: one uniform fraction "
+        "of output channels removed from every layer but the output layer (kept by `l2`, removed with "
+        "`remove_channels`), fraction found by bisection on `measure.macs` for ~50% / ~75% of MACs. "
+        "Unstructured row: 90% of each layer's weights masked by magnitude and baked by `remove_masks`; "
+        "its MAC columns count non-zero MACs (counted dense MACs are unchanged). Floor row: every layer "
+        "cut to one channel, the latency left when the arithmetic is nearly gone.",
+        "",
+        f"Speedup = dense / pruned latency from `measure_latency_pair` (interleaved, median of "
+        f"{settings['repeats']['1']} runs at batch 1 and {settings['repeats']['256']} at batch 256, "
+        f"{settings['warmup']} warmup), median over {settings['rounds']} rounds, (min–max over rounds). "
+        "ratio = speedup / MAC reduction.",
+        "",
+        *rows,
+        "",
+        "Latency (median over rounds):",
+        "",
+        *latency_rows,
+        "",
+        f"Where the time goes (torch.profiler self CPU time per forward, {settings['profile_runs']['1']} "
+        f"forwards at batch 1, {settings['profile_runs']['256']} at batch 256; includes profiler overhead, "
+        "so for explanation only):",
+        "",
+        *profile_rows,
+        "",
+        "Below target:",
+        "",
+        *miss_lines,
+        "",
+        f"## Time per scorer call (small_cnn, {n_batches} calibration batches of {batch_size}, "
+        f"median of {settings['scorer_calls']} calls after one untimed)",
+        "",
+        *scorer_rows,
+        "",
+    ])
+
+
+def run(settings: Settings, out: Path, argv: Sequence[str]) -> dict:
+    """Run the benchmark, write ``engine.json`` and ``engine.md`` into ``out``, return the report."""
+    started = time.perf_counter()
+    report: dict = {
+        "command": shlex.join(["python", *argv]),
+        "cwd": os.getcwd(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        "settings": {**asdict(settings), "repeats": {str(b): r for b, r in settings.repeats.items()},
+                     "profile_runs": {str(b): r for b, r in settings.profile_runs.items()},
+                     "batch_sizes": list(BATCH_SIZES), "target_ratio": TARGET_RATIO, "seed": SEED},
+        "weights": "random init (torch.manual_seed(0)), not trained: latency does not depend on weight values",
+    }
+    report["models"] = benchmark_models(settings)
+    report["scorers"] = benchmark_scorers(settings)
+    report["misses"] = misses(report["models"])
+    report["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    (out / "engine.md").write_text(markdown(report))
+    log(f"wrote {out / 'engine.json'} and {out / 'engine.md'} in {report['seconds']:.0f} s")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: ``python benchmarks/engine.py [--smoke] [--out DIR]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few-second run (one model, tiny repeats)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
+                        help="folder for engine.json and engine.md (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    report = run(SMOKE if args.smoke else FULL, args.out, sys.argv if argv is None else ["engine.py", *argv])
+    print((args.out / "engine.md").read_text())
+    return 0 if all(math.isfinite(v["latency"][str(b)]["speedup"])
+                    for r in report["models"].values() for v in r["variants"].values() for b in BATCH_SIZES) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Smoke test of ``benchmarks/engine.py``: the script runs and writes sane results."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "engine.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "engine.json").read_text())
+    assert {"command", "date", "machine", "settings", "models", "scorers", "misses"} <= set(report)
+    assert {"platform", "processor", "cpu_model", "cpu_count", "torch"} <= set(report["machine"])
+    variants = report["models"]["lenet5"]["variants"]
+    assert {"channel_50", "channel_75", "unstructured_90", "floor"} <= set(variants)
+    for variant in variants.values():
+        assert variant["mac_reduction"] >= 1.0
+        for batch in ("1", "256"):
+            speedup = variant["latency"][batch]["speedup"]
+            assert math.isfinite(speedup) and speedup > 0
+    assert variants["channel_75"]["macs"] < variants["channel_50"]["macs"] < report["models"]["lenet5"]["dense_macs"]
+    for timing in report["scorers"].values():
+        assert timing["channel_scores"]["median_ms"] > 0 and timing["weight_scores"]["median_ms"] > 0
+    assert "| lenet5 |" in (tmp_path / "engine.md").read_text()
