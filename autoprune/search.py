@@ -36,7 +36,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from autoprune.context import TrialContext, build_setup, trial_context  # noqa: E402
 from autoprune.dense import prepare_dense  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
+from autoprune.faults import FaultPlan  # noqa: E402
 from autoprune.layers import LayerInfo  # noqa: E402
 from autoprune.paths import StudyPaths, study_paths  # noqa: E402
 from autoprune.progress import SearchProgress  # noqa: E402
@@ -70,6 +71,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Ray's zero-copy tensor warning does not apply.
 warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
 OUTCOME_KEY = "autoprune_outcome"  # JSON text: Ray flattens nested dicts in results
+TRIAL_NUMBER_KEY = "trial_number"  # the Optuna trial number, added to each trial's config
 FINISHED = optuna.trial.TrialState.COMPLETE
 FAILED = optuna.trial.TrialState.FAIL
 
@@ -93,7 +95,7 @@ class SearchOptions:
     max_failures: int | None = None
     seed_baselines: bool = False
     quiet: bool = False
-    extra_trial_options: dict[str, Any] = field(default_factory=dict)
+    faults: FaultPlan | None = None
 
 
 @dataclass
@@ -200,6 +202,7 @@ class StudyRecorder:
             if bound is not None:
                 ot_trial.set_constraint("accuracy_drop", float(metrics["accuracy_drop"]) - bound)
             ot_trial.set_user_attr("device", outcome.get("device", ""))
+            ot_trial.set_user_attr("worker_seconds", [outcome.get("started"), outcome.get("ended")])
             study.tell(ot_trial, [float(metrics[name]) for name in self.objectives])
         else:
             message = (outcome or {}).get("error") or (
@@ -224,6 +227,12 @@ class StudySearcher(OptunaSearch):
     def __init__(self, *args: Any, recorder: StudyRecorder, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._recorder = recorder
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            config[TRIAL_NUMBER_KEY] = self._ot_trials[trial_id].number
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -265,14 +274,17 @@ def policy_trainable(config: dict[str, Any], *, shared: dict[str, Any]) -> None:
     threads = max(1, int(shared["cpus_per_trial"]))
     torch.set_num_threads(threads)
     device = "cuda" if shared["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu"
-    context = _on_device(context, device)
+    if device != context.device:
+        context = replace(context, device=device)
+    number = int(config.get(TRIAL_NUMBER_KEY, -1))
     policy = policy_from_params(config, space, shared["layers"], shared["seed"])
     placeholders = {name: 0.0 for name in shared["objectives"]}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    started = time.time()
     try:
-        fault = shared.get("inject_fault")
-        if fault is not None:
-            fault(policy)
+        faults: FaultPlan | None = shared.get("faults")
+        if faults is not None:
+            context = faults.apply(number, context)
         result = run_trial(policy, context, threads=threads)
     except (TrialFailed, AutopruneError, RuntimeError, ValueError, MemoryError, FloatingPointError) as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -284,20 +296,18 @@ def policy_trainable(config: dict[str, Any], *, shared: dict[str, Any]) -> None:
         "steps": result.steps,
         "layer_sparsity": result.layer_sparsity,
         "device": f"{device} CUDA_VISIBLE_DEVICES={visible}" if visible else device,
+        "started": started,
+        "ended": time.time(),
     }
     tune.report({**{k: result.metrics[k] for k in shared["objectives"]}, OUTCOME_KEY: json.dumps(outcome)})
 
 
-def _on_device(context: TrialContext, device: str) -> TrialContext:
-    if device == context.device:
-        return context
-    from dataclasses import replace
-
-    return replace(context, device=device)
-
-
 def _start_ray(options: SearchOptions, concurrency_hint: int, log_path: Path) -> bool:
-    """Start a local Ray cluster (or attach to ``--address``); returns whether we started it."""
+    """Start a local Ray cluster (or attach to ``--address``); returns whether this call connected.
+
+    The caller disconnects (``ray.shutdown()``) when it did; a cluster it merely attached to
+    keeps running.
+    """
     import ray
 
     ray_logger = logging.getLogger("ray")
@@ -315,7 +325,7 @@ def _start_ray(options: SearchOptions, concurrency_hint: int, log_path: Path) ->
             ray.init(address=options.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AutopruneError(f"--address {options.address}: cannot attach to a Ray cluster: {exc}".splitlines()[0]) from None
-        return False
+        return True
     cpus = os.cpu_count() or 1
     if options.gpus > 0:
         cpus = max(cpus, math.ceil(concurrency_hint * options.cpus_per_trial))
@@ -339,13 +349,11 @@ def _concurrency(options: SearchOptions) -> int:
         return options.concurrency
     if options.gpus > 0:
         have = resources.get("GPU", 0)
-        if options.gpus_per_trial > have:
-            raise AutopruneError(
-                f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {have:g} GPUs; "
-                "trials would wait forever. Ask for at most that many"
-            )
         if options.gpus > have:
-            raise AutopruneError(f"--gpus {options.gpus:g}: the Ray cluster has only {have:g} GPUs")
+            raise AutopruneError(
+                f"--gpus {options.gpus:g}: the Ray cluster has only {have:g} GPUs; trials asking for more "
+                "would wait forever. Ask for at most that many, or --gpus 0 for CPU trials"
+            )
         return max(1, int(options.gpus // options.gpus_per_trial))
     return max(1, int(resources.get("CPU", 1) // options.cpus_per_trial))
 
@@ -418,7 +426,7 @@ def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str
     concurrency_hint = options.concurrency or (
         max(1, int(options.gpus // options.gpus_per_trial)) if options.gpus > 0 else 1
     )
-    started_ray = _start_ray(options, concurrency_hint, paths.log)
+    connected = _start_ray(options, concurrency_hint, paths.log)
     progress = SearchProgress(space, dense_accuracy=dense.accuracy, total=wanted, already=finished, quiet=options.quiet,
                               log=log)
     interrupted = False
@@ -436,7 +444,7 @@ def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str
             "objectives": list(space.objectives),
             "cpus_per_trial": options.cpus_per_trial,
             "gpus_per_trial": options.gpus_per_trial if options.gpus > 0 else 0,
-            **options.extra_trial_options,
+            "faults": options.faults,
         }
         with progress:
             while True:
@@ -457,7 +465,7 @@ def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str
                     fail_running(study, "interrupted (Ctrl-C)")
                     break
     finally:
-        if started_ray:
+        if connected:
             import ray
 
             ray.shutdown()
@@ -499,10 +507,14 @@ def _fit(space: SearchSpace, layers: list[LayerInfo], storage: optuna.storages.R
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: Any) -> None:
+        # First Ctrl-C: ask Ray Tune to stop gracefully (its SIGUSR1 handler does that);
+        # a second one aborts at once.
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
         interrupted["flag"] = True
-        if callable(previous):
-            previous(signum, frame)
+        os.kill(os.getpid(), signal.SIGUSR1)
 
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     signal.signal(signal.SIGINT, on_sigint)
     try:
         tuner.fit()
