@@ -19,13 +19,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Fashion-MNIST is a Debian package on these machines (offline). Installed when missing and
-# possible; tests that need it say so when it is absent.
+# System packages some tests need, installed when missing and possible (root + apt):
+# Fashion-MNIST (offline dataset) and headless Chromium (the browser test of pareto.html).
+# Tests that need one say so and skip when it is absent.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 data:
-	@test -f $(FASHION) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
-	  || echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"; }
+	@missing=""; \
+	test -f $(FASHION) || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1; } || \
+	    echo "note: could not install$$missing"; \
+	  else echo "note: missing$$missing (apt-get install$$missing)"; fi; \
+	fi
 
 test: install data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
