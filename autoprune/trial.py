@@ -73,6 +73,8 @@ class TrialResult:
         curve: finetune log entries (epoch, step, loss, lr) across all steps.
         layer_sparsity: per prunable layer of the dense model, the sparsity reached.
         stop_reason: for ``adaptive``, ``reached_target`` or ``budget_spent``.
+        layer_channels: per prunable layer of the pruned model, its output channels/units
+            (what rebuilds the pruned architecture without re-running the trial).
         model: the pruned model (plain ``nn.Module``, masks baked in, channels removed).
     """
 
@@ -81,6 +83,7 @@ class TrialResult:
     curve: list[dict[str, Any]]
     layer_sparsity: dict[str, float]
     stop_reason: str | None
+    layer_channels: dict[str, int]
     model: nn.Module = field(repr=False)
 
 
@@ -157,6 +160,7 @@ def run_trial(
         curve=run.curve,
         layer_sparsity=_reached_sparsity(model, run.dense_shapes),
         stop_reason=stop,
+        layer_channels={name: int(layer.weight.shape[0]) for name, layer in prunable_layers(model).items()},
         model=model,
     )
 
