@@ -9,6 +9,7 @@ Every study has one folder, ``<root>/<study>/`` (``root`` defaults to ``./studie
     tune/           Ray Tune experiment state, for resume
     trials.csv  pareto.csv  pareto.html  pareto.png
     search.log      Ray's and autoprune's log of the search
+    .lock           held by the driver running the study (PID inside)
     export/         exported policies and models
 
 The default MLflow store is shared by all studies under the same root:
@@ -67,6 +68,10 @@ class StudyPaths:
     @property
     def pareto_csv(self) -> Path:
         return self.folder / "pareto.csv"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / ".lock"
 
     @property
     def log(self) -> Path:

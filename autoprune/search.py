@@ -53,11 +53,12 @@ import yaml  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from autoprune.context import TrialContext, build_setup, trial_context  # noqa: E402
+from autoprune.context import StudySetup, TrialContext, build_setup, trial_context  # noqa: E402
 from autoprune.dense import prepare_dense  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.faults import FaultPlan  # noqa: E402
 from autoprune.layers import LayerInfo  # noqa: E402
+from autoprune.lock import StudyLock  # noqa: E402
 from autoprune.paths import StudyPaths, study_paths  # noqa: E402
 from autoprune.progress import SearchProgress  # noqa: E402
 from autoprune.results import is_feasible, write_tables  # noqa: E402
@@ -403,12 +404,23 @@ def _seed_baselines(study: optuna.Study, space: SearchSpace) -> int:
 
 
 def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str], None] = print) -> SearchOutcome:
-    """Run (or resume) the study of ``space`` until ``study.trials`` trials have finished."""
+    """Run (or resume) the study of ``space`` until ``study.trials`` trials have finished.
+
+    Everything that can be checked is checked before the study folder is touched; the study
+    is then locked (:class:`~autoprune.lock.StudyLock`) so that no second driver writes it.
+    """
     _check_options(options)
     space = apply_overrides(space, options)
-    paths = study_paths(space.study.name, options.studies)
-    save_space(space, paths)
     setup = build_setup(space)
+    paths = study_paths(space.study.name, options.studies)
+    paths.create()
+    with StudyLock(paths.lock, log=log):
+        return _run_locked(space, setup, options, paths, log)
+
+
+def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, paths: StudyPaths,
+                log: Callable[[str], None]) -> SearchOutcome:
+    save_space(space, paths)
     study, storage = open_study(space, paths)
     finished = count(study, FINISHED)
     failed_before = count(study, FAILED)

@@ -181,3 +181,13 @@ def test_attach_to_an_existing_cluster(tmp_path: Path) -> None:
                                                                  gpus=2, quiet=True), log=lambda _: None)
     finally:
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True)
+
+
+def test_a_second_driver_on_a_running_study_is_refused(tmp_path: Path) -> None:
+    from autoprune.lock import StudyLock
+
+    (tmp_path / "locked").mkdir()
+    with StudyLock(tmp_path / "locked" / ".lock"):
+        with pytest.raises(AutopruneError, match="the study is being run by process"):
+            run_search(small_space("locked", 1), SearchOptions(studies=tmp_path, quiet=True), log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "locked").iterdir()) == []
