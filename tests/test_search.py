@@ -42,8 +42,16 @@ def load(root: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root / name / 'optuna.db'}")
 
 
-def test_six_trials_two_at_a_time_and_an_honest_front(tmp_path: Path) -> None:
-    outcome = run_search(small_space("six", 6), SearchOptions(studies=tmp_path, concurrency=2, quiet=True), log=lambda _: None)
+@pytest.fixture(scope="module")
+def six(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A 6-trial study run two trials at a time (shared by the tests that read it)."""
+    root = tmp_path_factory.mktemp("studies")
+    outcome = run_search(small_space("six", 6), SearchOptions(studies=root, concurrency=2, quiet=True), log=lambda _: None)
+    return root, outcome
+
+
+def test_six_trials_two_at_a_time_and_an_honest_front(six) -> None:
+    tmp_path, outcome = six
     assert (outcome.finished, outcome.failed, outcome.interrupted) == (6, 0, False)
     trials = pd.read_csv(tmp_path / "six" / "trials.csv")
     assert len(trials) == 6 and set(trials["state"]) == {"finished"}
@@ -54,6 +62,33 @@ def test_six_trials_two_at_a_time_and_an_honest_front(tmp_path: Path) -> None:
     assert (tmp_path / "six" / "space.yaml").is_file() and (tmp_path / "six" / "dense.pt").is_file()
     spans = [load(tmp_path, "six").trials[i].user_attrs["worker_seconds"] for i in range(6)]
     assert max_overlap(spans) == 2
+
+
+def test_pareto_command_prints_the_front(six, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoprune.cli import main
+
+    root, _ = six
+    with pytest.raises(SystemExit) as done:
+        main(["pareto", "--study", "six", "--studies", str(root), "--csv", "--sort", "sparsity"])
+    assert done.value.code == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    expected = pd.read_csv(root / "six" / "pareto.csv")
+    assert sorted(printed["number"]) == sorted(expected["number"])
+    assert list(printed["sparsity"]) == sorted(printed["sparsity"], reverse=True)
+    with pytest.raises(SystemExit) as done:
+        main(["pareto", "--study", "six", "--studies", str(root)])
+    assert done.value.code == 0 and "Pareto front of six" in capsys.readouterr().out
+
+
+def test_pareto_command_names_unknown_studies_and_columns(six, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoprune.cli import main
+
+    root, _ = six
+    for argv, message in [(["--study", "nope"], "no such study"), (["--study", "six", "--sort", "bogus"], "unknown column")]:
+        with pytest.raises(SystemExit) as done:
+            main(["pareto", "--studies", str(root), *argv])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def max_overlap(spans: list[list[float]]) -> int:
