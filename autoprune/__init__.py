@@ -15,4 +15,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "apply_policy", "load_policy", "load_pruned"]
+
+# The public API, imported on first use so that ``import autoprune`` stays cheap.
+_LAZY = {
+    "load_policy": "autoprune.policy",  # load_policy(path) -> Policy (bare or exported policy.yaml)
+    "apply_policy": "autoprune.apply",  # apply_policy(model, policy, data) -> TrialResult
+    "load_pruned": "autoprune.artifacts",  # load_pruned(export_folder) -> nn.Module (eval mode)
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autoprune' has no attribute {name!r}")

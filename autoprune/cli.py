@@ -148,6 +148,9 @@ def search(
     seed_baselines: bool = typer.Option(False, "--seed-baselines", help="Start from uniform and global magnitude policies."),
     studies: Optional[Path] = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<studies>/mlflow.db)."),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow (a later run catches up)."),
+    no_retime: bool = typer.Option(False, "--no-retime", help="Do not re-time the Pareto candidates alone at the end."),
 ) -> None:
     """Search pruning policies: run the study of a space file on Ray Tune with an Optuna sampler."""
     from autoprune.search import SearchOptions, run_search
@@ -158,7 +161,8 @@ def search(
         studies=studies, trials=trials, name=name, sampler=sampler, seed=seed, gpus=gpus,
         gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, concurrency=concurrency,
         address=address, resume=resume, retries=retries, max_failures=max_failures,
-        seed_baselines=seed_baselines, quiet=quiet,
+        seed_baselines=seed_baselines, quiet=quiet, tracking=not no_tracking, tracking_uri=tracking_uri,
+        retime=not no_retime,
     )
     log = (lambda message: None) if quiet else (lambda message: console.print(message, markup=False))
     outcome = run_search(spec, options, log=log)
@@ -192,6 +196,73 @@ def pareto(
         sys.stdout.write(front.to_csv(index=False))
         return
     _print_front(study, studies, sort=sort)
+
+
+@app.command()
+def ui(
+    studies: Optional[Path] = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Print the address of this study's parent run."),
+    port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port of the MLflow UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default as for search)."),
+) -> None:
+    """Start the MLflow UI on the studies' tracking store; Ctrl-C stops it."""
+    from autoprune.ui import run_ui
+
+    run_ui(studies=studies, study=study, host=host, port=port, tracking_uri=tracking_uri,
+           log=lambda message: print(message, flush=True))
+
+
+STUDY_OPTION = typer.Option(..., "--study", help="Study name (a folder under the studies folder).")
+STUDIES_OPTION = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES).")
+
+
+@app.command()
+def retime(
+    study: str = STUDY_OPTION,
+    studies: Optional[Path] = STUDIES_OPTION,
+    force: bool = typer.Option(False, "--force", help="Also re-time candidates that already have an isolated latency."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default as for search)."),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not update the trials' MLflow runs."),
+) -> None:
+    """Re-time every Pareto candidate alone, one after another: latency_ms_isolated."""
+    from autoprune.retime import retime_study
+
+    outcome = retime_study(study, studies, force=force, tracking=not no_tracking, tracking_uri=tracking_uri,
+                           log=lambda message: console.print(message, markup=False))
+    if not outcome.timed:
+        console.print("retime: every Pareto candidate already has latency_ms_isolated (use --force to re-time)")
+    _print_front(study, studies, sort=None)
+
+
+@app.command()
+def export(
+    study: str = STUDY_OPTION,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (default studies/<study>/export/trial-<N>)."),
+    trial_number: Optional[int] = typer.Option(None, "--trial", help="Export this trial (finished and feasible)."),
+    pick: Optional[str] = typer.Option(None, "--pick", help='Choose among the Pareto points, e.g. "accuracy_drop<=0.01 and sparsity>=0.8".'),
+    studies: Optional[Path] = STUDIES_OPTION,
+    no_register: bool = typer.Option(False, "--no-register", help="Do not register the model in the MLflow Model Registry."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default as for search)."),
+) -> None:
+    """Export one trial: policy.yaml, weights.pt, model.onnx, metrics.json, MODEL_CARD.md; register it."""
+    from autoprune.export import export_study
+
+    export_study(study, out=out, trial=trial_number, pick=pick, studies=studies, register=not no_register,
+                 tracking_uri=tracking_uri, log=lambda message: console.print(message, markup=False))
+
+
+@app.command()
+def apply(
+    policy: Path = typer.Option(..., "--policy", help="An exported policy.yaml."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Dense state dict (default: the one the policy was found on)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Finetuning epochs instead of the policy's."),
+    out: Path = typer.Option(..., "--out", help="Folder to write."),
+) -> None:
+    """Apply an exported policy to a dense checkpoint and write the same artifacts as export."""
+    from autoprune.apply import apply_file
+
+    apply_file(policy, out, checkpoint=checkpoint, epochs=epochs, log=lambda message: console.print(message, markup=False))
 
 
 def _print_front(study: str, studies: Optional[Path], sort: Optional[str]) -> None:

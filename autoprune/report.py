@@ -20,7 +20,7 @@ from autoprune.policy import Policy
 from autoprune.results import pareto_frame, trials_frame
 from autoprune.space import SearchSpace, parse_space
 
-SHOWN = ("accuracy", "accuracy_drop", "sparsity", "params", "macs", "latency_ms", "speedup")
+SHOWN = ("accuracy", "accuracy_drop", "sparsity", "params", "macs", "latency_ms", "latency_ms_isolated", "speedup")
 
 
 def open_existing(study: str, studies: str | Path | None = None) -> tuple[StudyPaths, SearchSpace, optuna.Study]:

@@ -72,8 +72,22 @@ def trials_frame(trials: Sequence[optuna.trial.FrozenTrial], objectives: Mapping
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["number", "state", "feasible", "pareto", *METRIC_COLUMNS, "error"])
-    frame.insert(3, "pareto", pareto_mask(frame, objectives))
+    frame.insert(3, "pareto", pareto_mask(isolated_values(frame, objectives), objectives))
     return frame
+
+
+#: objective → the isolated re-timing (autoprune/retime.py) that replaces it in the front when measured
+ISOLATED_SUBSTITUTES = {"latency_ms": "latency_ms_isolated", "speedup": "speedup_isolated"}
+
+
+def isolated_values(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """``frame`` with each latency objective replaced by its isolated value where one exists."""
+    view = frame.copy()
+    for name, isolated in ISOLATED_SUBSTITUTES.items():
+        if name in objectives and isolated in view:
+            measured = view[isolated].astype(float)
+            view[name] = measured.where(measured.notna(), view[name].astype(float))
+    return view
 
 
 def pareto_mask(frame: pd.DataFrame, objectives: Mapping[str, str]) -> list[bool]:

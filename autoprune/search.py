@@ -14,7 +14,10 @@ One driver process runs a study:
    define-by-run space of :mod:`autoprune.suggest` and a seeded sampler of
    :mod:`autoprune.samplers`. :class:`StudySearcher` is the single writer: it tells Optuna
    each result with the metrics, policy and error as user attributes, and rewrites
-   ``trials.csv`` and ``pareto.csv`` after every trial.
+   ``trials.csv`` and ``pareto.csv`` after every trial;
+5. unless ``--no-tracking``, a :class:`~autoprune.tracking.StudyTracker` mirrors the study in
+   MLflow from this process (parent run, one child run per trial, the live front), caught
+   up at start and at the end (:mod:`autoprune.tracking`).
 
 **Failures.** A trial that raises or diverges reports ``failed`` with its error; a worker
 that dies is restarted by Ray up to ``--retries`` times. Either way the Optuna trial ends
@@ -65,6 +68,7 @@ from autoprune.results import is_feasible, write_tables  # noqa: E402
 from autoprune.samplers import make_sampler  # noqa: E402
 from autoprune.space import PolicySpace, SearchSpace, parse_space  # noqa: E402
 from autoprune.suggest import PolicySuggester, policy_from_params  # noqa: E402
+from autoprune.tracking import StudyTracker, dense_metrics, make_tracker  # noqa: E402
 
 logger = logging.getLogger("autoprune.search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,6 +101,9 @@ class SearchOptions:
     seed_baselines: bool = False
     quiet: bool = False
     faults: FaultPlan | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+    retime: bool = True
 
 
 @dataclass
@@ -175,8 +182,8 @@ def count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
 class StudyRecorder:
     """Turns one Ray Tune trial result into an Optuna tell plus ``trials.csv``/``pareto.csv``.
 
-    Kept apart from the searcher so that the driver-side progress display can listen to it;
-    it pickles without the display (Ray checkpoints the searcher).
+    Kept apart from the searcher so that the driver-side progress display and the MLflow
+    tracker can listen to it; it pickles without them (Ray checkpoints the searcher).
     """
 
     def __init__(self, space: SearchSpace, paths: StudyPaths) -> None:
@@ -185,9 +192,10 @@ class StudyRecorder:
         self.trials_csv = paths.trials_csv
         self.pareto_csv = paths.pareto_csv
         self.listener: SearchProgress | None = None
+        self.tracker: StudyTracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "listener": None}
+        return {**self.__dict__, "listener": None, "tracker": None}
 
     def record(self, study: optuna.Study, ot_trial: optuna.Trial, result: dict[str, Any] | None, error: bool) -> None:
         encoded = (result or {}).get(OUTCOME_KEY)
@@ -197,7 +205,9 @@ class StudyRecorder:
             ot_trial.set_user_attr("metrics", metrics)
             ot_trial.set_user_attr("policy", outcome["policy"])
             ot_trial.set_user_attr("steps", outcome.get("steps", []))
+            ot_trial.set_user_attr("curve", outcome.get("curve", []))
             ot_trial.set_user_attr("layer_sparsity", outcome.get("layer_sparsity", {}))
+            ot_trial.set_user_attr("layer_channels", outcome.get("layer_channels", {}))
             ot_trial.set_user_attr("feasible", is_feasible(metrics, self.constraints))
             bound = self.constraints.get("accuracy_drop")
             if bound is not None:
@@ -213,7 +223,10 @@ class StudyRecorder:
             if outcome and outcome.get("policy"):
                 ot_trial.set_user_attr("policy", outcome["policy"])
             study.tell(ot_trial, state=FAILED)
-        frame = write_tables(study.get_trials(deepcopy=False), self.objectives, self.trials_csv, self.pareto_csv)
+        trials = study.get_trials(deepcopy=False)
+        frame = write_tables(trials, self.objectives, self.trials_csv, self.pareto_csv)
+        if self.tracker is not None:
+            self.tracker.trial_done(trials, frame)
         if self.listener is not None:
             self.listener.trial_done(frame, ot_trial.number)
 
@@ -295,7 +308,9 @@ def policy_trainable(config: dict[str, Any], *, shared: dict[str, Any]) -> None:
         "metrics": result.metrics,
         "policy": policy.to_dict(),
         "steps": result.steps,
+        "curve": [{k: entry[k] for k in ("step", "loss", "lr", "schedule_step") if k in entry} for entry in result.curve],
         "layer_sparsity": result.layer_sparsity,
+        "layer_channels": result.layer_channels,
         "device": f"{device} CUDA_VISIBLE_DEVICES={visible}" if visible else device,
         "started": started,
         "ended": time.time(),
@@ -331,6 +346,7 @@ def _start_ray(options: SearchOptions, concurrency_hint: int, log_path: Path) ->
     if options.gpus > 0:
         cpus = max(cpus, math.ceil(concurrency_hint * options.cpus_per_trial))
     ray.init(
+        address="local",  # always a fresh cluster, never one another user started with `ray start`
         num_cpus=cpus,
         num_gpus=options.gpus,
         include_dashboard=False,
@@ -413,13 +429,14 @@ def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str
     space = apply_overrides(space, options)
     setup = build_setup(space)
     paths = study_paths(space.study.name, options.studies)
+    tracker = make_tracker(space, paths, uri=options.tracking_uri, layers=setup.layers, log=log) if options.tracking else None
     paths.create()
     with StudyLock(paths.lock, log=log):
-        return _run_locked(space, setup, options, paths, log)
+        return _run_locked(space, setup, options, paths, log, tracker)
 
 
 def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, paths: StudyPaths,
-                log: Callable[[str], None]) -> SearchOutcome:
+                log: Callable[[str], None], tracker: StudyTracker | None = None) -> SearchOutcome:
     save_space(space, paths)
     study, storage = open_study(space, paths)
     finished = count(study, FINISHED)
@@ -429,9 +446,14 @@ def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, p
         log(f"study {space.study.name}: {finished} of {wanted} trials already finished; resuming")
     if finished >= wanted:
         frame = write_tables(study.get_trials(deepcopy=False), space.objectives, paths.trials_csv, paths.pareto_csv)
+        if tracker is not None:  # catch MLflow up (e.g. after a run with --no-tracking)
+            tracker.start(study, dense_metrics(trial_context(setup, prepare_dense(setup, paths, log=log))))
+            tracker.finish(study)
         return SearchOutcome(paths, finished, failed_before, False, int(frame["pareto"].sum()) if len(frame) else 0)
     dense = prepare_dense(setup, paths, log=log)
     context = trial_context(setup, dense)
+    if tracker is not None:
+        tracker.start(study, dense_metrics(context))
     if options.seed_baselines and not finished:
         log(f"seeded the study with {_seed_baselines(study, space)} baseline policies")
     max_failures = options.max_failures if options.max_failures is not None else max(3, wanted)
@@ -442,12 +464,14 @@ def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, p
     progress = SearchProgress(space, dense_accuracy=dense.accuracy, total=wanted, already=finished, quiet=options.quiet,
                               log=log)
     interrupted = False
+    status = "FAILED"
     try:
         concurrency = _concurrency(options)
         log(f"running {wanted - finished} trials, {concurrency} at a time "
             f"({'GPU' if options.gpus else 'CPU'}); Ray's log: {paths.log}")
         recorder = StudyRecorder(space, paths)
         recorder.listener = progress
+        recorder.tracker = tracker
         shared = {
             "context": context,
             "space": space.space,
@@ -476,12 +500,19 @@ def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, p
                 if interrupted:
                     fail_running(study, "interrupted (Ctrl-C)")
                     break
+        status = "KILLED" if interrupted else "FINISHED"
     finally:
         if connected:
             import ray
 
             ray.shutdown()
+        if tracker is not None:
+            tracker.finish(study, status=status)
     frame = write_tables(study.get_trials(deepcopy=False), space.objectives, paths.trials_csv, paths.pareto_csv)
+    if options.retime and not interrupted:  # every Pareto candidate timed alone (autoprune/retime.py)
+        from autoprune.retime import retime_setup
+
+        frame = retime_setup(setup, paths, tracking=options.tracking, tracking_uri=options.tracking_uri, log=log).frame
     finished = count(study, FINISHED)
     return SearchOutcome(
         paths=paths,

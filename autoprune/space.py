@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from autoprune.errors import AutopruneError
-from autoprune.params import Param, ValueType, choice, fixed, parse_param, span
+from autoprune.params import Param, ValueType, fixed, parse_param, span
 
 GRANULARITIES = ("unstructured", "channel")
 METRIC_NAMES = (

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from autoprune.allocation import allocate, channels_to_keep, layer_shapes, masks_from_scores
+from autoprune.allocation import allocate, channels_to_keep, masks_from_scores
 from autoprune.context import TrialContext
 from autoprune.errors import AutopruneError
 from autoprune.measure import measure_latency_pair, measure_model, prunable_weight_count

@@ -161,16 +161,19 @@ def cli_search(space_file: Path, studies: Path, log: Path, *extra: str) -> subpr
         )
 
 
-def wait_for_finished_trials(study_db: Path, name: str, count: int, timeout: float = 300) -> None:
+def wait_for_finished_trials(trials_csv: Path, count: int, timeout: float = 300) -> None:
+    """Wait until ``trials.csv`` lists ``count`` finished trials.
+
+    The CSV, not the Optuna database, is polled: opening ``optuna.db`` while the driver is
+    still creating it races with Optuna's schema set-up.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if study_db.exists():
-            try:
-                study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_db}")
-                if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) >= count:
-                    return
-            except KeyError:
-                pass
+        try:
+            if (pd.read_csv(trials_csv)["state"] == "finished").sum() >= count:
+                return
+        except (OSError, pd.errors.EmptyDataError, KeyError):
+            pass
         time.sleep(0.5)
     raise AssertionError(f"fewer than {count} trials finished in {timeout} s")
 
@@ -182,7 +185,7 @@ def test_interrupted_driver_resumes_to_exactly_the_requested_trials(tmp_path: Pa
     space_file.write_text(yaml.safe_dump(small_space(name, 8).to_yaml_dict()))
     studies = tmp_path / "studies"
     driver = cli_search(space_file, studies, tmp_path / "first.log", "--concurrency", "2")
-    wait_for_finished_trials(studies / name / "optuna.db", name, 3)
+    wait_for_finished_trials(studies / name / "trials.csv", 3)
     driver.send_signal(sig)
     driver.wait(timeout=120)
     if sig == signal.SIGINT:
