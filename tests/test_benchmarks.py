@@ -31,3 +31,25 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
     for timing in report["scorers"].values():
         assert timing["channel_scores"]["median_ms"] > 0 and timing["weight_scores"]["median_ms"] > 0
     assert "| lenet5 |" in (tmp_path / "engine.md").read_text()
+
+
+def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    assert {"command", "date", "git_commit", "machine", "settings", "result", "headline", "targets_met"} <= set(report)
+    assert {"search_vs_loop", "search_vs_loop_steady", "search_scaling", "loop_scaling", "fixed_s_c1",
+            "overhead_per_trial_s_c1"} <= set(report["headline"])
+    assert all(math.isfinite(v) for v in report["headline"].values())
+    (rnd,) = report["result"]["rounds"]
+    assert set(rnd["runs"]) == {"loop_c1", "loop_c2", "search_c1", "search_c2"}
+    for run in rnd["runs"].values():
+        assert [t["index"] for t in run["trials"]] == [0, 1] and run["wall_s"] > 0
+    search = rnd["runs"]["search_c1"]
+    assert all(math.isfinite(v) and v >= 0 for v in search["phases"].values())
+    assert search["stages"]["ray_init"] > 0 and search["fixed_s"] > 0
+    assert report["result"]["same_work"]["max_sparsity_diff"] < 1e-6
+    assert "| search phase / plain loop wall" in (tmp_path / "overhead.md").read_text()
