@@ -176,7 +176,8 @@ def search(
         console.print(
             f"{outcome.finished} trials finished, {outcome.failed} failed; front: {outcome.front_size} trials\n"
             f"results: {outcome.paths.trials_csv}, {outcome.paths.pareto_csv}\n"
-            f"next: autoprune pareto --study {study}   |   optuna-dashboard sqlite:///{outcome.paths.optuna_db}",
+            f"next: autoprune pareto --study {study}  |  autoprune ui --study {study}  |  "
+            f"autoprune export --study {study}",
             markup=False,
         )
 

@@ -59,7 +59,10 @@ def _policy_summary(row: pd.Series) -> str:
     policy = {k.removeprefix("policy."): v for k, v in row.items() if k.startswith("policy.")}
     nested: dict = {}
     for key, value in policy.items():
-        if pd.isna(value) or key.startswith("layer_sparsity.") or key == "exclude":
+        if pd.isna(value) or key == "exclude":
+            continue
+        if key.startswith("layer_sparsity."):  # layer names contain dots: keep them whole
+            nested.setdefault("layer_sparsity", {})[key.removeprefix("layer_sparsity.")] = value
             continue
         target = nested
         parts = key.split(".")
