@@ -46,10 +46,8 @@ import copy
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -68,6 +66,7 @@ from autoprune.measure import PRUNABLE_TYPES, macs, measure_latency_pair  # noqa
 from autoprune.models import build_model, example_input, output_layer_name, prunable_layers  # noqa: E402
 from autoprune.prune import apply_masks, remove_channels, remove_masks  # noqa: E402
 from autoprune.scorers import SCORERS, make_scorer  # noqa: E402
+from _common import git_commit, machine  # noqa: E402  (benchmarks/_common.py)
 
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -360,42 +359,6 @@ def benchmark_scorers(settings: Settings) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo, or ``unknown``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository (with ``-dirty`` if the tree has changes), or ``None``."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
-def machine() -> dict:
-    """Platform, CPU, core count, torch version and thread setting of this run."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 def _speedup_cell(stats: Mapping[str, float]) -> str:

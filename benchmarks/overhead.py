@@ -40,11 +40,9 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +70,7 @@ from autoprune.search import SearchOptions, open_study, run_search  # noqa: E402
 from autoprune.space import SearchSpace, parse_space  # noqa: E402
 from autoprune.suggest import policy_from_params  # noqa: E402
 from autoprune.trial import run_trial  # noqa: E402
+from _common import git_commit, machine  # noqa: E402  (benchmarks/_common.py)
 
 TARGET_RATIO = 1.10
 TARGET_SCALING = 1.8
@@ -534,31 +533,10 @@ def _rounds(settings: Settings, root: Path, params: Sequence[dict[str, Any]], po
 # --------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo, or ``unknown``."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository (with ``-dirty`` if the tree has changes), or ``None``."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def machine() -> dict[str, Any]:
-    """Platform, CPU, core count, torch/Ray/Optuna versions of this run."""
+def ray_version() -> str:
     import ray
 
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "python": platform.python_version()}
+    return ray.__version__
 
 
 def break_even(summary: Mapping[str, Mapping[str, float]], trial_s: float) -> float:
@@ -717,7 +695,7 @@ def run(settings: Settings, out: Path, argv: Sequence[str]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": shlex.join(["python", *argv]), "cwd": os.getcwd(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-        "machine": machine(), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        "machine": machine(ray=ray_version(), optuna=optuna.__version__), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
         "settings": {**asdict(settings), "model_args": dict(settings.model_args), "scorers": list(SCORERS),
                      "sparsity_range": list(SPARSITY_RANGE), "target_ratio": TARGET_RATIO,
                      "target_scaling": TARGET_SCALING},
