@@ -62,6 +62,7 @@ from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.faults import FaultPlan  # noqa: E402
 from autoprune.layers import LayerInfo  # noqa: E402
 from autoprune.lock import StudyLock  # noqa: E402
+from autoprune.params import Param  # noqa: E402
 from autoprune.paths import StudyPaths, study_paths  # noqa: E402
 from autoprune.progress import SearchProgress  # noqa: E402
 from autoprune.results import is_feasible, write_tables  # noqa: E402
@@ -388,6 +389,13 @@ def _check_options(options: SearchOptions) -> None:
         raise AutopruneError(f"--retries {options.retries}: must be 0 or more")
 
 
+def _allows(param: Param, value: Any) -> bool:
+    """Whether ``value`` is one of the values ``param`` can take."""
+    if param.kind == "range":
+        return param.low <= value <= param.high
+    return value in param.options()
+
+
 def _seed_baselines(study: optuna.Study, space: SearchSpace) -> int:
     """Enqueue uniform and global magnitude pruning at three sparsities (only values the space allows)."""
     policy_space = space.space
@@ -399,21 +407,17 @@ def _seed_baselines(study: optuna.Study, space: SearchSpace) -> int:
     queued = 0
     for allocation in ("uniform", "global"):
         for sparsity in sparsities:
-            wanted = {"scorer": "magnitude", "allocation": allocation, "target_sparsity": sparsity,
-                      "granularity": "unstructured", "schedule.shape": "one_shot"}
-            params = {}
-            allowed = True
-            for key, value in wanted.items():
-                param = {"scorer": policy_space.scorer, "allocation": policy_space.allocation,
-                         "target_sparsity": target, "granularity": policy_space.granularity,
-                         "schedule.shape": policy_space.schedule.shape}[key]
-                if not param.searched:
-                    allowed &= param.kind == "range" or value in param.options() or key == "target_sparsity"
-                    continue
-                if param.kind == "choice" and value not in param.choices:
-                    allowed = False
-                params[key] = value
-            if allowed and params:
+            wanted = {
+                "granularity": (policy_space.granularity, "unstructured"),
+                "scorer": (policy_space.scorer, "magnitude"),
+                "allocation": (policy_space.allocation, allocation),
+                "target_sparsity": (target, sparsity),
+                "schedule.shape": (policy_space.schedule.shape, "one_shot"),
+            }
+            if not all(_allows(param, value) for param, value in wanted.values()):
+                continue
+            params = {name: value for name, (param, value) in wanted.items() if param.searched}
+            if params:
                 study.enqueue_trial(params, skip_if_exists=True)
                 queued += 1
     return queued

@@ -229,3 +229,16 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path: Path) -> None:
         with pytest.raises(AutopruneError, match="the study is being run by process"):
             run_search(small_space("locked", 1), SearchOptions(studies=tmp_path, quiet=True), log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "locked").iterdir()) == []
+
+
+def test_seed_baselines_respect_what_the_space_allows() -> None:
+    from autoprune.search import _seed_baselines
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    assert _seed_baselines(study, small_space("allowed", 3)) == 6
+    assert _seed_baselines(optuna.create_study(directions=["maximize", "maximize"]),
+                           small_space("fixed-scorer", 3, scorer="taylor")) == 0
+    queued = optuna.create_study(directions=["maximize", "maximize"])
+    assert _seed_baselines(queued, small_space("uniform-only", 3, allocation="uniform")) == 3
+    fixed = [t.system_attrs["fixed_params"] for t in queued.get_trials()]
+    assert all(set(params) == {"scorer", "target_sparsity"} for params in fixed)
