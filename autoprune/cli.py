@@ -182,6 +182,68 @@ def search(
         )
 
 
+def _csv_list(flag: str, text: Optional[str], convert: type = str) -> Optional[list]:
+    """``a,b,c`` → a list (``None`` stays ``None``); a bad item is a one-line error naming ``flag``."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise AutopruneError(f"{flag} {text!r}: give a comma-separated list")
+    try:
+        return [convert(item) for item in items]
+    except ValueError:
+        raise AutopruneError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.5,0.9") from None
+
+
+@app.command()
+def baselines(
+    space: Path = SPACE_OPTION,
+    sparsities: Optional[str] = typer.Option(None, "--sparsities", help="Overall sparsities (default 0.5,0.8,0.9,0.95,0.98)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="uniform,global,lamp,erk,random (default: all)."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="unstructured | channel (default: the space's first)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule shape (default one_shot)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Prune steps of a multi-step schedule (default: the space's most)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Finetune epochs (default: the most the space allows)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Finetune learning rate (default: the middle of the space's range)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Torch threads."),
+    force: bool = typer.Option(False, "--force", help="Run points again even if baselines.csv has them."),
+    studies: Optional[Path] = typer.Option(None, "--studies", help="Studies folder (default ./studies or $AUTOPRUNE_STUDIES)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default as for search)."),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow (a later run catches up)."),
+) -> None:
+    """Run the no-search baselines (magnitude uniform/global, LAMP, ERK, random) at the study's budget."""
+    from autoprune.baselines import baseline_settings, run_baselines
+    from autoprune.space import load_space
+
+    spec = load_space(space)
+    settings = baseline_settings(
+        spec, methods=_csv_list("--methods", methods), sparsities=_csv_list("--sparsities", sparsities, float),
+        granularity=granularity, schedule=schedule, steps=steps, epochs=epochs, lr=lr,
+    )
+    outcome = run_baselines(spec, settings, studies=studies, threads=threads, tracking=not no_tracking,
+                            tracking_uri=tracking_uri, force=force,
+                            log=lambda message: console.print(message, markup=False))
+    if outcome.interrupted:
+        print(f"interrupted: {outcome.ran} points written to {outcome.paths.baselines_csv}; "
+              f"the same command runs the rest", file=sys.stderr)
+        raise typer.Exit(130)
+    table = Table(title=f"baselines of {spec.study.name} ({settings.budget()})", title_justify="left")
+    columns = ["method", "target_sparsity", "accuracy", "accuracy_drop", "sparsity", *spec.objectives]
+    columns = list(dict.fromkeys(columns))
+    for column in columns:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in outcome.frame.to_dict("records"):
+        if row["state"] == "finished":
+            cells = [f"{float(row[c]):.4g}" for c in columns[2:]]
+        else:
+            cells = [f"failed: {row['error']}"] + [""] * (len(columns) - 3)
+        table.add_row(row["method"], f"{float(row['target_sparsity']):g}", *cells)
+    console.print(table)
+    console.print(f"{outcome.ran} run, {outcome.skipped} already done, {outcome.failed} failed; "
+                  f"results: {outcome.paths.baselines_csv}" + (f"; plots: {outcome.plots[0]}" if outcome.plots else ""),
+                  markup=False)
+
+
 @app.command()
 def pareto(
     study: str = typer.Option(..., "--study", help="Study name (a folder under the studies folder)."),

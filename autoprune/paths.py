@@ -8,6 +8,7 @@ Every study has one folder, ``<root>/<study>/`` (``root`` defaults to ``./studie
     optuna.db       Optuna RDB storage (optuna-dashboard can open it)
     tune/           Ray Tune experiment state, for resume
     trials.csv  pareto.csv  pareto.html  pareto.png
+    baselines.csv   the no-search references (``autoprune baselines``)
     search.log      Ray's and autoprune's log of the search
     .lock           held by the driver running the study (PID inside)
     export/         exported policies and models
@@ -68,6 +69,10 @@ class StudyPaths:
     @property
     def pareto_csv(self) -> Path:
         return self.folder / "pareto.csv"
+
+    @property
+    def baselines_csv(self) -> Path:
+        return self.folder / "baselines.csv"
 
     @property
     def lock(self) -> Path:

@@ -8,7 +8,9 @@ so the front stands out:
 * **feasible** — the other feasible trials;
 * **infeasible** — trials that broke a constraint, greyed out (never on the front).
 
-Failed trials have no metrics and are not drawn. The axes are the study's objectives; a
+Failed trials have no metrics and are not drawn. When the study has baselines
+(``autoprune baselines``, :mod:`autoprune.baselines`), their finished points are drawn too,
+as black crosses named by method and sparsity, so the front can be read against them. The axes are the study's objectives; a
 study with fewer than three objectives is shown against the first of ``accuracy``,
 ``sparsity``, ``latency_ms``, ``macs`` it does not optimise, so that there is always a
 3-D view and three 2-D projections (one per pair of axes).
@@ -36,6 +38,7 @@ GROUPS = (  # name, colour, marker size, opacity
     ("feasible", "#1f77b4", 7, 0.8),
     ("infeasible", "#b0b0b0", 6, 0.6),
 )
+BASELINES = ("baselines", "#111111")  # name, colour (drawn as crosses)
 MAX_PROJECTIONS = 6
 PROJECTION_SIZE = (460, 420)  # pixels (width, height) of each 2-D view
 LABELS = {
@@ -119,14 +122,40 @@ def _traces(frame: pd.DataFrame, axes: Sequence[str], objectives: Mapping[str, s
                              **common)
 
 
+def baseline_points(baselines: pd.DataFrame | None, axes: Sequence[str]) -> pd.DataFrame:
+    """The finished baselines with every axis measured (empty when there are none)."""
+    if baselines is None or baselines.empty or not set(axes) <= set(baselines.columns):
+        return pd.DataFrame(columns=["method", "target_sparsity", *axes])
+    return baselines[baselines["state"] == "finished"].dropna(subset=list(axes))
+
+
+def _baseline_trace(baselines: pd.DataFrame | None, axes: Sequence[str], objectives: Mapping[str, str],
+                    three_d: bool) -> list[object]:
+    import plotly.graph_objects as go
+
+    rows = baseline_points(baselines, axes)
+    if rows.empty:
+        return []
+    labels = [f"{method} @ {float(s):g}" for method, s in zip(rows["method"], rows["target_sparsity"])]
+    lines = ["<b>baseline %{text}</b>"] + [f"{_label(n, objectives)}: %{{{k}:.4~g}}" for k, n in zip("xyz", axes)]
+    common = dict(name=BASELINES[0], mode="markers", text=labels, hovertemplate="<br>".join(lines) + "<extra></extra>",
+                  legendgroup=BASELINES[0])
+    coords = {key: rows[axis].astype(float).tolist() for key, axis in zip("xyz", axes)}
+    if three_d:
+        return [go.Scatter3d(**coords, marker=dict(color=BASELINES[1], size=4, symbol="x"), **common)]
+    return [go.Scatter(**coords, marker=dict(color=BASELINES[1], size=9, symbol="x"), **common)]
+
+
 def pareto_figures(frame: pd.DataFrame, objectives: Mapping[str, str], *,
-                   summaries: Mapping[int, str] | None = None) -> list[object]:
+                   summaries: Mapping[int, str] | None = None,
+                   baselines: pd.DataFrame | None = None) -> list[object]:
     """The plotly figures of ``pareto.html``: the 3-D view, then one per projection.
 
     Args:
         frame: the trials table (:func:`autoprune.results.trials_frame`).
         objectives: metric name → ``"max"``/``"min"``.
         summaries: trial number → one-line policy summary, shown on hover.
+        baselines: the study's ``baselines.csv`` table, drawn as crosses when given.
     """
     import plotly.graph_objects as go
 
@@ -134,7 +163,8 @@ def pareto_figures(frame: pd.DataFrame, objectives: Mapping[str, str], *,
     axes = plot_axes(objectives)
     figures = []
     if len(axes) >= 3:
-        view = go.Figure(list(_traces(frame, axes[:3], objectives, summaries, three_d=True)))
+        view = go.Figure(list(_traces(frame, axes[:3], objectives, summaries, three_d=True))
+                         + _baseline_trace(baselines, axes[:3], objectives, three_d=True))
         view.update_layout(
             title=dict(text="3-D view (drag to turn)", font_size=14), height=620, margin=dict(l=0, r=0, t=50, b=0),
             scene=dict(aspectmode="cube", camera=dict(eye=dict(x=1.7, y=1.7, z=1.1)),
@@ -142,7 +172,8 @@ def pareto_figures(frame: pd.DataFrame, objectives: Mapping[str, str], *,
         )
         figures.append(view)
     for x, y in projections(axes):
-        flat = go.Figure(list(_traces(frame, (x, y), objectives, summaries, three_d=False)))
+        flat = go.Figure(list(_traces(frame, (x, y), objectives, summaries, three_d=False))
+                         + _baseline_trace(baselines, (x, y), objectives, three_d=False))
         flat.update_layout(
             title=dict(text=f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", font_size=14), width=PROJECTION_SIZE[0],
             height=PROJECTION_SIZE[1], margin=dict(l=60, r=20, t=50, b=50),
@@ -170,9 +201,9 @@ p.note {{ color: #555; }}
 
 
 def pareto_html(frame: pd.DataFrame, objectives: Mapping[str, str], *, title: str,
-                summaries: Mapping[int, str] | None = None) -> str:
+                summaries: Mapping[int, str] | None = None, baselines: pd.DataFrame | None = None) -> str:
     """The text of ``pareto.html`` (plotly.js embedded once, so the page works offline)."""
-    figures = pareto_figures(frame, objectives, summaries=summaries)
+    figures = pareto_figures(frame, objectives, summaries=summaries, baselines=baselines)
     config = {"displaylogo": False}
     parts = [
         figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"view-{index}", config=config,
@@ -183,7 +214,9 @@ def pareto_html(frame: pd.DataFrame, objectives: Mapping[str, str], *, title: st
     counts = ", ".join(f"{len(groups[name])} {name}" for name, *_ in GROUPS)
     failed = int((frame["state"] == "failed").sum()) if not frame.empty else 0
     goal = ", ".join(f"{name} {'↑' if d == 'max' else '↓'}" for name, d in objectives.items())
-    note = html.escape(f"Objectives: {goal}. Trials: {counts}, {failed} failed (not drawn). "
+    shown = len(baseline_points(baselines, plot_axes(objectives)))
+    extra = f" Baselines (black crosses): {shown}." if shown else ""
+    note = html.escape(f"Objectives: {goal}. Trials: {counts}, {failed} failed (not drawn).{extra} "
                        "Hover a point for its trial number and policy.")
     grid = "".join(f'<div class="view" data-view="2d">{part}</div>' for part in parts[1:])
     return PAGE.format(title=html.escape(title), note=note, main=parts[0], grid=grid)
@@ -198,13 +231,15 @@ def _atomic_write(path: Path, data: bytes) -> Path:
 
 
 def write_pareto_html(frame: pd.DataFrame, objectives: Mapping[str, str], path: str | Path, *, title: str,
-                      summaries: Mapping[int, str] | None = None) -> Path:
+                      summaries: Mapping[int, str] | None = None, baselines: pd.DataFrame | None = None) -> Path:
     """Write :func:`pareto_html` to ``path`` atomically."""
-    return _atomic_write(Path(path), pareto_html(frame, objectives, title=title, summaries=summaries).encode())
+    text = pareto_html(frame, objectives, title=title, summaries=summaries, baselines=baselines)
+    return _atomic_write(Path(path), text.encode())
 
 
-def write_pareto_png(frame: pd.DataFrame, objectives: Mapping[str, str], path: str | Path, *, title: str) -> Path:
-    """Write the 2-D projections as one PNG (front red, feasible blue, infeasible grey)."""
+def write_pareto_png(frame: pd.DataFrame, objectives: Mapping[str, str], path: str | Path, *, title: str,
+                     baselines: pd.DataFrame | None = None) -> Path:
+    """Write the 2-D projections as one PNG (front red, feasible blue, infeasible grey, baselines black ×)."""
     import io
 
     from matplotlib.figure import Figure
@@ -221,6 +256,10 @@ def write_pareto_png(frame: pd.DataFrame, objectives: Mapping[str, str], path: s
             points = groups[name].dropna(subset=[x, y])
             ax.scatter(points[x].astype(float), points[y].astype(float), s=size * 5, c=colour, alpha=opacity,
                        edgecolors="#333" if name != "infeasible" else "none", linewidths=0.4, label=name)
+        crosses = baseline_points(baselines, (x, y))
+        if len(crosses):
+            ax.scatter(crosses[x].astype(float), crosses[y].astype(float), s=40, c=BASELINES[1], marker="x",
+                       linewidths=1.2, label=BASELINES[0])
         ax.set_xlabel(_label(x, objectives))
         ax.set_ylabel(_label(y, objectives))
         ax.grid(alpha=0.3)
@@ -233,9 +272,11 @@ def write_pareto_png(frame: pd.DataFrame, objectives: Mapping[str, str], path: s
 
 
 def write_plots(frame: pd.DataFrame, objectives: Mapping[str, str], folder: str | Path, *, title: str,
-                summaries: Mapping[int, str] | None = None) -> tuple[Path, Path]:
-    """Write ``pareto.html`` and ``pareto.png`` into ``folder``; returns their paths."""
+                summaries: Mapping[int, str] | None = None,
+                baselines: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """Write ``pareto.html`` and ``pareto.png`` into ``folder`` (baselines drawn when given)."""
     folder = Path(folder)
-    page = write_pareto_html(frame, objectives, folder / "pareto.html", title=title, summaries=summaries)
-    image = write_pareto_png(frame, objectives, folder / "pareto.png", title=title)
+    page = write_pareto_html(frame, objectives, folder / "pareto.html", title=title, summaries=summaries,
+                             baselines=baselines)
+    image = write_pareto_png(frame, objectives, folder / "pareto.png", title=title, baselines=baselines)
     return page, image
