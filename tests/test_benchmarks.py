@@ -53,3 +53,45 @@ def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_pat
     assert search["stages"]["ray_init"] > 0 and search["fixed_s"] > 0
     assert report["result"]["same_work"]["max_sparsity_diff"] < 1e-6
     assert "| search phase / plain loop wall" in (tmp_path / "overhead.md").read_text()
+
+
+def test_samplers_smoke_writes_monotone_normalised_hypervolume_curves(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "samplers.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "samplers.json").read_text())
+    assert {"command", "date", "git_commit", "machine", "settings", "dense", "runs", "hypervolume",
+            "target_met"} <= set(report)
+    trials = report["settings"]["trials"]
+    assert {(run["sampler"], run["seed"]) for run in report["runs"]} == {("tpe", 0), ("random", 0)}
+    for run in report["runs"]:
+        assert sum(t["state"] == "complete" for t in run["trials"]) == trials
+    for entry in report["hypervolume"].values():
+        for curve in entry["curves"]:
+            assert len(curve) == trials
+            assert all(0.0 <= v <= 1.0 + 1e-9 for v in curve)
+            assert all(b >= a for a, b in zip(curve, curve[1:]))
+        assert max(curve[-1] for curve in entry["curves"]) > 0
+        assert {"median", "min", "max", "at", "reach_random"} <= set(entry["summary"]["samplers"]["tpe"])
+        assert isinstance(entry["summary"]["target"]["met"], bool)
+    assert "| tpe |" in (tmp_path / "samplers.md").read_text()
+    assert (tmp_path / "samplers.png").stat().st_size > 0
+
+
+def test_weights_smoke_compares_search_and_baselines_at_equal_budget(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "weights.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "weights.json").read_text())
+    assert {"command", "date", "git_commit", "machine", "settings", "result", "targets"} <= set(report)
+    result = report["result"]
+    assert result["compute"]["baselines_points"] == 25 and result["compute"]["search_trials"] == 4
+    assert set(result["levels"]) == {"0.95", "0.98"}
+    assert {"drop_95", "drop_98", "gain_0.95", "gain_0.98", "hypervolume_ratio"} == set(report["targets"])
+    assert result["hypervolume"]["baselines"] > 0
+    assert "| sparsity ≥ | side |" in (tmp_path / "weights.md").read_text()
+    assert (tmp_path / "weights.png").stat().st_size > 0
