@@ -82,7 +82,7 @@ class BaselineTracker:
     def start(self, dense_accuracy: float, frame: pd.DataFrame) -> None:
         """Find or create the experiment and the ``baselines`` run, then log rows not logged yet."""
         try:
-            self.client = client_for(self.uri)
+            self.client = client_for(self.uri, fail_fast=True)
             self.experiment_id = ensure_experiment(self.client, self.name, self.uri, self.paths.root)
             self.run_id = self._find_or_create_run(dense_accuracy)
             self.logged = self._logged_keys()

@@ -26,8 +26,16 @@ trials with the child runs it knows and creates what is missing, updates only th
 ``pareto`` tags that changed, and logs the front metrics for steps not logged yet. So a
 resumed study (or one that ran with ``--no-tracking``) is caught up at start, a child run
 left half-written by a killed driver is deleted and written again, and no trial ever gets
-two runs. Errors while the study runs (a server gone away) are reported and retried on the
-next trial instead of stopping the study.
+two runs.
+
+**A store that goes away** never stops or stalls the study. Calls to a server fail fast
+(:mod:`autoprune.mlflow_http`: one immediate retry, 10 s per attempt, instead of MLflow's
+minutes of back-off); the first failure is reported in one warning, and after each later
+trial a 2 s ``/health`` check decides whether to try again. When the store answers, the
+tracker re-reads the parent's child runs (a run cut short is deleted, a run the store
+finished although its answer was lost is kept) and catches up: every ended trial gets
+exactly one child run. If the store is still away when the study ends, the next
+``autoprune search`` of the study (nothing reruns) catches MLflow up.
 
 **Hypervolume** uses the reference point of :func:`autoprune.pareto.reference_point`,
 computed once from the dense model and stored in the Optuna study (user attribute
@@ -53,6 +61,7 @@ import optuna
 import pandas as pd
 
 from autoprune.errors import AutopruneError
+from autoprune.mlflow_http import FailFastClient, failure_reason, server_answers
 from autoprune.pareto import FrontProgress, reference_point
 from autoprune.paths import StudyPaths
 from autoprune.plots import write_plots
@@ -130,12 +139,16 @@ def quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def client_for(uri: str) -> Any:
-    """An ``MlflowClient`` on ``uri`` (imported lazily: mlflow takes seconds to import)."""
+def client_for(uri: str, *, fail_fast: bool = False) -> Any:
+    """An ``MlflowClient`` on ``uri`` (imported lazily: mlflow takes seconds to import).
+
+    With ``fail_fast``, calls to a server give up after one retry (:class:`FailFastClient`).
+    """
     quiet_mlflow_logs()
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    return FailFastClient(client) if fail_fast and is_server(uri) else client
 
 
 def find_parent_run(client: Any, experiment_id: str, study: str) -> Any | None:
@@ -281,7 +294,7 @@ class StudyTracker:
     def start(self, study: optuna.Study, dense: Mapping[str, float]) -> None:
         """Find or create the experiment and parent run, then catch up with the study."""
         try:
-            self.client = client_for(self.uri)
+            self.client = client_for(self.uri, fail_fast=True)
             self.experiment_id = self._experiment()
             self.reference = self._reference(study, dense)
             parent = find_parent_run(self.client, self.experiment_id, self.name)
@@ -316,17 +329,34 @@ class StudyTracker:
             self.client.set_terminated(self.parent_id, status=status)
 
         self._guarded(work)
+        if self._failing:
+            ended = [t for t in study.get_trials(deepcopy=False) if t.state in (FINISHED, FAILED)]
+            missing = sum(t.number not in self.children for t in ended)
+            self.log(f"MLflow: logging to {self.uri} still fails; {missing} of {len(ended)} ended trials are not "
+                     "logged there yet (the Optuna study has them all). Run the same autoprune search command "
+                     "again once the store is back: MLflow catches up and no trial reruns")
 
     def _guarded(self, work: Callable[[], None]) -> None:
-        """Run ``work``; a failure is reported (once until it recovers) instead of stopping the study."""
+        """Run ``work``; a failure is reported (once until it recovers) instead of stopping the study.
+
+        While the store is known to be away, a server is first asked ``/health`` (2 s) and
+        nothing else is tried until it answers; then the child runs are re-read from the store
+        before ``work`` catches up.
+        """
         if self.client is None:
             return
+        if self._failing and is_server(self.uri) and not server_answers(self.uri):
+            return
         try:
+            if self._failing:
+                self._load_children()
+                self._orphans.clear()  # _load_children deleted those the store did not finish
             work()
         except Exception as exc:  # tracking must never stop a study; the next call catches up
             if not self._failing:
-                self.log(f"MLflow: logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                         "will catch up after the next trial (or on --resume)")
+                self.log(f"MLflow: cannot log to {self.uri} ({failure_reason(exc)}); the study goes on without "
+                         "waiting, and MLflow will catch up with every trial once the store answers again (checked "
+                         "after each trial, or at the next autoprune search of this study)")
             self._failing = True
             return
         if self._failing:
