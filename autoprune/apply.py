@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from autoprune import __version__
-from autoprune.artifacts import file_sha256, model_card, write_artifacts
+from autoprune.artifacts import check_out_folder, file_sha256, model_card, write_artifacts
 from autoprune.context import DenseReference, TrialContext
 from autoprune.data import DataBundle, load_data
 from autoprune.errors import AutopruneError
@@ -164,7 +164,7 @@ def apply_file(policy_path: str | Path, out: str | Path, *, checkpoint: str | Pa
     if not isinstance(document.get("model"), dict) or not isinstance(document.get("data"), dict):
         raise AutopruneError(f"{source}: a bare policy; apply needs an exported policy.yaml (with model: and data: "
                              "sections), or use autoprune trial --space SPACE --policy POLICY")
-    folder = Path(out)
+    folder = check_out_folder(out)
     if folder.resolve() == Path(policy_path).resolve().parent:
         raise AutopruneError(f"--out {out}: is the folder of --policy; write the result to another folder")
     recorded_dense = document.get("dense") or {}

@@ -150,6 +150,17 @@ def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: torch.Tensor) -> flo
     return float(abs(actual - expected).max())
 
 
+def check_out_folder(folder: str | Path) -> Path:
+    """``--out`` as a path, refused (one line) when it exists and is not a folder.
+
+    Export and apply call it before any work, so a wrong ``--out`` costs nothing.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise AutopruneError(f"--out {folder}: exists and is not a folder; give a new or an existing folder")
+    return folder
+
+
 @dataclass
 class Written:
     """What :func:`write_artifacts` wrote and checked."""
@@ -179,9 +190,7 @@ def write_artifacts(folder: str | Path, *, model: nn.Module, policy: Policy, doc
         AutopruneError: the folder cannot be written, or ONNX and torch disagree beyond
             ``tolerance``.
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise AutopruneError(f"--out {folder}: exists and is not a folder")
+    folder = check_out_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

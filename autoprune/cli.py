@@ -34,6 +34,16 @@ if not console.is_terminal:
     console = Console(highlight=False, width=max(console.width, 160))
 
 SPACE_OPTION = typer.Option(..., "--space", help="Search-space YAML file (see search_spaces/).")
+def _check_overrides(name: Optional[str], sampler: Optional[str]) -> None:
+    """``--name`` and ``--sampler`` checked here, so their errors name the flag rather than the space file."""
+    from autoprune.samplers import SAMPLERS
+    from autoprune.space import STUDY_NAME
+
+    if name is not None and not STUDY_NAME.match(name):
+        raise AutopruneError(f"--name {name!r}: not a valid study name; use up to 100 letters, digits, '.', '_' "
+                             "and '-', starting with a letter or digit (it becomes a folder under studies/)")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise AutopruneError(f"--sampler {sampler}: {SAMPLERS.unknown_message(sampler)}")
 
 
 @app.command()
@@ -92,6 +102,7 @@ def trial(
 
     from autoprune.context import build_setup, trial_context
     from autoprune.dense import prepare_dense
+    from autoprune.models import prunable_layers
     from autoprune.paths import study_paths
     from autoprune.policy import load_policy
     from autoprune.space import load_space
@@ -101,6 +112,8 @@ def trial(
     chosen = load_policy(policy)
     torch.set_num_threads(threads)
     setup = build_setup(spec)
+    chosen.check_complete(source=str(policy))  # before the dense model is trained for nothing
+    chosen.check_layers(list(prunable_layers(setup.model)), source=str(policy))
     log = (lambda message: None) if as_json else (lambda message: console.print(message))
     dense = prepare_dense(setup, study_paths(spec.study.name, studies), log=log)
     context = trial_context(setup, dense)
@@ -133,7 +146,7 @@ def trial(
 @app.command()
 def search(
     space: Path = SPACE_OPTION,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Finished trials wanted (overrides study.trials)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, max=100_000, help="Finished trials wanted (overrides study.trials)."),
     name: Optional[str] = typer.Option(None, "--name", help="Study name (overrides study.name)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe | nsga2 | gp | random | qmc (overrides study.sampler)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler and the trials (overrides study.seed)."),
@@ -156,6 +169,7 @@ def search(
     from autoprune.search import SearchOptions, run_search
     from autoprune.space import load_space
 
+    _check_overrides(name, sampler)
     spec = load_space(space)
     options = SearchOptions(
         studies=studies, trials=trials, name=name, sampler=sampler, seed=seed, gpus=gpus,
@@ -291,7 +305,8 @@ def retime(
     """Re-time every Pareto candidate alone, one after another: latency_ms_isolated."""
     from autoprune.retime import retime_study
 
-    outcome = retime_study(study, studies, force=force, tracking=not no_tracking, tracking_uri=tracking_uri,
+    outcome = retime_study(study, studies, force=force, tracking=not no_tracking,
+                           tracking_uri=tracking_uri,
                            log=lambda message: console.print(message, markup=False))
     if not outcome.timed:
         console.print("retime: every Pareto candidate already has latency_ms_isolated (use --force to re-time)")

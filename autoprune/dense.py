@@ -59,6 +59,8 @@ def dense_digest(setup: StudySetup) -> str:
 
 
 def _file_digest(path: Path, *, where: str) -> str:
+    if path.is_dir():
+        raise AutopruneError(f"{where}: {path}: is a directory, expected a checkpoint file (torch.save of a state dict)")
     if not path.is_file():
         raise AutopruneError(f"{where}: {path}: no such checkpoint file")
     digest = hashlib.sha256()
@@ -77,20 +79,29 @@ def load_state_dict(path: str | Path, *, what: str = "checkpoint") -> dict[str, 
     Accepts a bare state dict or a mapping with a ``state_dict`` key.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise AutopruneError(f"{path}: is a directory, expected a {what} file (torch.save of a state dict)")
     if not path.is_file():
         raise AutopruneError(f"{path}: no such {what}")
+    save_hint = "save it with torch.save(model.state_dict())"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        first = detail.removeprefix("WeightsUnpickler error: ") or "not a weights-only file"
+        blocked = next((line for line in lines if "unsupported global" in line.lower()), None)
+        if blocked is None:  # not a pickle of Python objects at all: a corrupt or foreign file
+            detail = next((line for line in lines if line.startswith("Unsupported")), "unreadable pickle")
+            raise AutopruneError(f"{path}: cannot read {what}: not a file written by torch.save ({detail}); "
+                                 f"{save_hint}") from None
         raise AutopruneError(
-            f"{path}: refused to load {what}: it is not a plain weights file ({first}); "
-            "autoprune loads checkpoints with weights_only=True, save with torch.save(model.state_dict())"
+            f"{path}: refused to load {what}: it is not a plain weights file "
+            f"({blocked.removeprefix('WeightsUnpickler error: ')}); "
+            f"autoprune loads checkpoints with weights_only=True, {save_hint}"
         ) from None
-    except Exception as error:  # torch raises many types for corrupt files
-        raise AutopruneError(f"{path}: cannot read {what}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    except Exception as error:  # torch raises many types for corrupt or truncated files
+        detail = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise AutopruneError(f"{path}: cannot read {what}: not a complete file written by torch.save ({detail}); "
+                             f"{save_hint}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

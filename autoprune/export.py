@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from autoprune import __version__
-from autoprune.artifacts import file_sha256, model_card, write_artifacts
+from autoprune.artifacts import check_out_folder, file_sha256, model_card, write_artifacts
 from autoprune.context import DenseReference, StudySetup, TrialContext, build_setup, trial_context
 from autoprune.errors import AutopruneError
 from autoprune.paths import StudyPaths
@@ -69,6 +69,12 @@ def export_study(study: str, *, out: str | Path | None = None, trial: int | None
     from autoprune.results import trials_frame
 
     paths, space, handle = open_existing(study, studies)
+    if out is not None:
+        check_out_folder(out)
+    if register:  # a store that cannot be used is refused before anything is written
+        from autoprune.tracking import check_tracking_uri, resolve_tracking_uri
+
+        check_tracking_uri(*resolve_tracking_uri(tracking_uri, paths.root))
     trials = {t.number: t for t in handle.get_trials(deepcopy=False)}
     choice = choose_trial(trials_frame(list(trials.values()), space.objectives), trial=trial, pick=pick)
     chosen = trials[choice.number]

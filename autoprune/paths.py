@@ -23,12 +23,27 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoprune.errors import AutopruneError
+
 DEFAULT_ROOT = "studies"
 
 
 def studies_root(root: str | Path | None = None) -> Path:
-    """The studies folder: ``root``, else ``$AUTOPRUNE_STUDIES``, else ``./studies``."""
-    return Path(root or os.environ.get("AUTOPRUNE_STUDIES") or DEFAULT_ROOT).resolve()
+    """The studies folder: ``root``, else ``$AUTOPRUNE_STUDIES``, else ``./studies``.
+
+    Raises:
+        AutopruneError: the path exists and is not a folder (the message names where it came from).
+    """
+    if root:
+        where = f"--studies {root}"
+    elif os.environ.get("AUTOPRUNE_STUDIES"):
+        where = f"AUTOPRUNE_STUDIES={os.environ['AUTOPRUNE_STUDIES']}"
+    else:
+        where = f"studies folder ./{DEFAULT_ROOT}"
+    path = Path(root or os.environ.get("AUTOPRUNE_STUDIES") or DEFAULT_ROOT).resolve()
+    if path.exists() and not path.is_dir():
+        raise AutopruneError(f"{where}: exists and is not a folder; the studies folder holds one folder per study")
+    return path
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,12 @@ class StudyPaths:
         return self.folder / "export"
 
     def create(self) -> StudyPaths:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Make the study folder (and the studies folder); one-line errors when that is impossible."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise AutopruneError(f"{self.folder}: cannot create the study folder ({error.strerror or error}); "
+                                 "--studies must be a folder autoprune can write") from None
         return self
 
 

@@ -21,7 +21,7 @@ YAML is meant to be read and edited by people::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -132,12 +132,20 @@ class Policy(_Strict):
                 raise ValueError(f"sparsity of layer {name!r} must be in [0, 1), got {sparsity}")
         return value
 
-    def check_complete(self) -> None:
-        """Raise :class:`AutopruneError` if the allocation lacks the values it needs."""
+    def check_complete(self, source: str = "policy") -> None:
+        """Raise :class:`AutopruneError` if the allocation lacks the values it needs (``source`` names the policy)."""
         if self.allocation == "per_layer" and not self.layer_sparsity:
-            raise AutopruneError("policy: allocation per_layer needs layer_sparsity (layer name → sparsity)")
+            raise AutopruneError(f"{source}: allocation per_layer needs layer_sparsity (layer name → sparsity)")
         if self.allocation != "per_layer" and self.target_sparsity is None:
-            raise AutopruneError(f"policy: allocation {self.allocation} needs target_sparsity in [0, 1)")
+            raise AutopruneError(f"{source}: allocation {self.allocation} needs target_sparsity in [0, 1)")
+
+    def check_layers(self, known: Sequence[str], source: str = "policy") -> None:
+        """Raise :class:`AutopruneError` if ``exclude`` or ``layer_sparsity`` names a layer not in ``known``."""
+        for key, names in (("exclude", self.exclude), ("layer_sparsity", list(self.layer_sparsity))):
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                raise AutopruneError(f"{source}: {key}: layer {unknown[0]!r} is not a prunable layer of the model; "
+                                     f"prunable layers: {', '.join(known)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (only YAML-safe types), stable in key order."""
@@ -203,6 +211,8 @@ def load_policy(path: str | Path) -> Policy:
     from autoprune.space import read_yaml
 
     raw = read_yaml(path, what="policy file")
+    if raw is None:
+        raise AutopruneError(f"{path}: empty policy file; a policy is a mapping of {', '.join(Policy.model_fields)}")
     if isinstance(raw, dict) and "policy" in raw and isinstance(raw["policy"], dict):
         raw = raw["policy"]
     return Policy.from_dict(raw, source=str(path))

@@ -263,6 +263,10 @@ def retime_study(study: str, studies: str | Path | None = None, *, force: bool =
     from autoprune.report import open_existing
 
     paths, space, _ = open_existing(study, studies)
+    if tracking:  # a bad --tracking-uri is refused before the study is re-timed and written
+        from autoprune.tracking import resolve_tracking_uri
+
+        resolve_tracking_uri(tracking_uri, paths.root)
     setup = build_setup(space)
     with StudyLock(paths.lock, log=log):
         return retime_setup(setup, paths, force=force, tracking=tracking, tracking_uri=tracking_uri, log=log)

@@ -313,7 +313,10 @@ def read_yaml(path: str | Path, *, what: str = "file") -> Any:
         raise AutopruneError(f"{path}: is a directory, expected a YAML {what}")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise AutopruneError(f"{path}: cannot read: not UTF-8 text (byte {error.start}: {error.reason}); "
+                             f"a {what} is a UTF-8 YAML file") from None
+    except OSError as error:
         raise AutopruneError(f"{path}: cannot read: {error}") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -335,8 +338,14 @@ def read_yaml(path: str | Path, *, what: str = "file") -> Any:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space file. Raises :class:`AutopruneError` on any problem."""
+    """Read and validate a space file. Raises :class:`AutopruneError` on any problem.
+
+    A file with no YAML document (empty, or only comments) is refused: it is far more likely a
+    mistake than a wish for the all-default study; ``{}`` asks for that explicitly.
+    """
     raw = read_yaml(path, what="space file")
+    if raw is None:
+        raise AutopruneError(f"{path}: empty space file; write {{}} to take every default, or see search_spaces/")
     return parse_space(raw, source=str(path))
 
 

@@ -60,6 +60,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import optuna
 import pandas as pd
 
+from autoprune.baselines import read_baselines
 from autoprune.errors import AutopruneError
 from autoprune.mlflow_http import FailFastClient, failure_reason, server_answers
 from autoprune.pareto import FrontProgress, reference_point
@@ -76,6 +77,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MAX_PARAM = 6000  # MLflow's limit on a param value
 MAX_TAG = 8000  # and on a tag value
 BATCH = 100  # params or tags per log_batch call
+#: URI schemes MLflow keeps runs and registered models in (``+driver`` suffixes allowed)
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 def resolve_tracking_uri(explicit: str | None, root: Path) -> tuple[str, str]:
@@ -93,6 +96,10 @@ def resolve_tracking_uri(explicit: str | None, root: Path) -> tuple[str, str]:
         return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}", f"studies folder {Path(root).resolve()}"
     if "://" not in uri and not uri.startswith("databricks"):
         raise AutopruneError(f"{source}: not a tracking URI; use sqlite:///PATH/mlflow.db or http://HOST:PORT")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if "://" in uri and scheme not in TRACKING_SCHEMES:
+        raise AutopruneError(f"{source}: unsupported scheme {scheme!r}; use sqlite:///PATH/mlflow.db, "
+                             "http(s)://HOST:PORT, or a postgresql://, mysql://, mssql:// or file:// store")
     return uri, source
 
 
@@ -565,8 +572,8 @@ class StudyTracker:
             policy = self._policy(trial.user_attrs)
             if policy is not None:
                 summaries[trial.number] = policy.summary()
-        page, image = write_plots(frame, self.objectives, self.paths.folder,
-                                  title=f"Pareto front of {self.name}", summaries=summaries)
+        page, image = write_plots(frame, self.objectives, self.paths.folder, title=f"Pareto front of {self.name}",
+                                  summaries=summaries, baselines=read_baselines(self.paths))
         self.client.log_artifact(self.parent_id, str(page))
         self.client.log_artifact(self.parent_id, str(image))
 

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 
 from autoprune.allocation import allocate, channels_to_keep, masks_from_scores
 from autoprune.context import TrialContext
-from autoprune.errors import AutopruneError
 from autoprune.measure import measure_latency_pair, measure_model, prunable_weight_count
 from autoprune.models import example_input, prunable_layers
 from autoprune.policy import Policy
@@ -169,12 +168,7 @@ def _start(policy: Policy, context: TrialContext) -> _Run:
     torch.manual_seed(policy.seed)
     model = context.dense_model()
     known = prunable_layers(model)
-    unknown = [name for name in [*policy.exclude, *policy.layer_sparsity] if name not in known]
-    if unknown:
-        raise AutopruneError(
-            f"policy: layer {unknown[0]!r} is not a prunable layer of the model; "
-            f"prunable layers: {', '.join(known)}"
-        )
+    policy.check_layers(list(known))
     scorer_params = dict(policy.scorer_params)
     if "seed" in SCORERS.get(policy.scorer).defaults and "seed" not in scorer_params:
         scorer_params["seed"] = policy.seed

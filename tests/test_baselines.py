@@ -165,7 +165,7 @@ def run(*args: str | Path) -> int:
     return exit_.value.code
 
 
-def test_cli_after_a_search_draws_baselines_on_the_study_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_baselines_are_drawn_on_the_study_plots_and_stay_there(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space = write_space(tmp_path / "space.yaml", "t-baselines-cli")
     root = tmp_path / "studies"
     assert run("search", "--space", space, "--studies", root, "--quiet", "--no-retime") == 0
@@ -178,6 +178,8 @@ def test_cli_after_a_search_draws_baselines_on_the_study_plots(tmp_path: Path, c
     assert len(pd.read_csv(folder / "baselines.csv")) == 4
     page = (folder / "pareto.html").read_text()
     assert '"name":"baselines"' in page and "Baselines (black crosses): 4" in page
+    assert run("search", "--space", space, "--studies", root, "--quiet", "--no-retime", "--trials", "3") == 0
+    assert "Baselines (black crosses): 4" in (folder / "pareto.html").read_text()  # the search redraws them too
 
 
 def test_cli_bad_methods_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

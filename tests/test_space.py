@@ -44,8 +44,8 @@ def test_every_key_of_the_shared_example_parses() -> None:
     assert space.space.finetune.distill.choices == (False, True)
 
 
-def test_empty_file_gets_defaults(tmp_path: Path) -> None:
-    space = load_space(write(tmp_path, ""))
+def test_empty_mapping_gets_defaults(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, "{}\n"))
     assert space.data.name == "digits" and space.study.sampler == "tpe"
     assert space.objectives == {"accuracy": "max", "sparsity": "max"}
 
