@@ -153,3 +153,55 @@ def test_measure_model_reports_the_static_metrics() -> None:
         "macs": 2 * 9 * 9 + 18 * 3,
         "size_bytes": float(size_bytes(model)),
     }
+
+
+def conv_bn_net() -> nn.Sequential:
+    """Conv-BN-ReLU-MaxPool, then a Linear; batch norm statistics made non-trivial."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 2)
+        model[1].bias.uniform_(-1, 1)
+    return model
+
+
+def test_fold_batch_norm_keeps_the_function_and_leaves_the_model_alone() -> None:
+    from autoprune.measure import fold_batch_norm
+
+    model = conv_bn_net().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        assert torch.allclose(folded(x), expected, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_time_deployed_probes_layouts_for_convnets_only_and_does_not_mutate() -> None:
+    from autoprune.measure import time_deployed
+
+    conv, linear = conv_bn_net().train(), mlp()
+    weight = conv[0].weight.detach().clone()
+    (conv_timing,) = time_deployed([conv], (1, 8, 8), batch_size=2, warmup=1, repeats=3)
+    (linear_timing,) = time_deployed([linear], (6,), batch_size=2, warmup=1, repeats=3)
+    assert conv_timing.candidates == ["contiguous", "channels_last"] and conv_timing.layout in conv_timing.candidates
+    assert linear_timing.candidates == ["contiguous"] and linear_timing.layout == "contiguous"
+    assert conv_timing.latency_ms > 0 and linear_timing.latency_ms > 0
+    assert conv.training and isinstance(conv[1], nn.BatchNorm2d) and torch.equal(conv[0].weight, weight)
+    assert conv[0].weight.is_contiguous()  # no channels_last leaked into the caller's model
+
+
+def test_masked_models_are_timed_unfolded() -> None:
+    from autoprune.measure import fold_batch_norm
+
+    model = conv_bn_net()
+    apply_masks({"0": model[0]}, {"0": torch.ones(4, 1, 3, 3)}, dynamic=True)
+    folded = fold_batch_norm(model)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not folded.training
