@@ -97,7 +97,8 @@ class AllocationProblem:
         granularity: ``unstructured`` or ``channel``.
         units: per layer, the number of things that can be removed (weights or channels).
         max_removed: per layer, how many units may go at most (min density, protection).
-        excluded: the excluded layers (not in ``shapes``).
+        excluded: the layers left out of ``shapes``: excluded ones and, under channel
+            granularity, the protected output layer (a ``per_layer`` value for it is ignored).
     """
 
     shapes: dict[str, LayerShape]
@@ -524,7 +525,7 @@ def _problem(
         keep = max(1, math.ceil(min_density * count - 1e-9))
         units[name] = count
         max_removed[name] = count - min(keep, count)
-    return AllocationProblem(kept, target, granularity, units, max_removed, excluded)
+    return AllocationProblem(kept, target, granularity, units, max_removed, left_out)
 
 
 def masks_from_scores(scores: Mapping[str, Tensor], sparsity: Mapping[str, float]) -> dict[str, Tensor]:

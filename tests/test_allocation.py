@@ -226,3 +226,9 @@ def test_unknown_allocation_and_bad_arguments():
         allocate("uniform", SHAPES, 0.5, granularity="weights")
     with pytest.raises(AutopruneError, match="excluded layer 'nope'"):
         allocate("uniform", SHAPES, 0.5, excluded={"nope"})
+
+
+def test_per_layer_value_for_the_protected_output_layer_is_ignored_under_channel():
+    explicit = {name: 0.5 for name in SHAPES}  # a space pattern such as "classifier.*" also names the output layer
+    result = run("per_layer", None, explicit=explicit, granularity="channel", protected_channels={"fc"})
+    assert result["fc"] == 0.0 and result["conv1"] == 0.5
