@@ -32,24 +32,9 @@ from autoprune.errors import AutopruneError
 from autoprune.paths import StudyPaths
 from autoprune.results import METRIC_COLUMNS
 from autoprune.space import SearchSpace
-from autoprune.tracking import EXPERIMENT_KIND, artifact_root, client_for
+from autoprune.tracking import client_for, ensure_experiment
 
 ROLE = "baselines"
-
-
-def ensure_experiment(client: Any, name: str, uri: str, root: Path) -> str:
-    """The experiment called ``name`` (restored if deleted), created with its artifact location if missing."""
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        if existing.lifecycle_stage == "deleted":
-            client.restore_experiment(existing.experiment_id)
-        if existing.tags.get(EXPERIMENT_KIND[0]) is None:
-            client.set_experiment_tag(existing.experiment_id, *EXPERIMENT_KIND)
-        return existing.experiment_id
-    folder = artifact_root(uri, root)
-    location = (folder / name).as_uri() if folder is not None else None
-    return client.create_experiment(name, artifact_location=location,
-                                    tags={"autoprune.study": name, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]})
 
 
 def _key_tag(row: Mapping[str, Any]) -> str:

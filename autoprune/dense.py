@@ -127,6 +127,15 @@ def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
         raise AutopruneError(f"{source}: does not match the model: {'; '.join(parts)}")
 
 
+def check_checkpoint(setup: StudySetup) -> None:
+    """Load and check ``model.checkpoint`` (if any) before anything is written; one-line errors."""
+    space = setup.space
+    if space.model.checkpoint:
+        dense_digest(setup)  # a folder or a missing file, named with the space file
+        state = load_state_dict(space.model.checkpoint, what="model.checkpoint")
+        check_compatible(setup.model, state, source=f"{space.source}: model.checkpoint {space.model.checkpoint}")
+
+
 def prepare_dense(
     setup: StudySetup,
     paths: StudyPaths,

@@ -17,7 +17,13 @@ One driver process runs a study:
    ``trials.csv`` and ``pareto.csv`` after every trial;
 5. unless ``--no-tracking``, a :class:`~autoprune.tracking.StudyTracker` mirrors the study in
    MLflow from this process (parent run, one child run per trial, the live front), caught
-   up at start and at the end (:mod:`autoprune.tracking`).
+   up at start and at the end (:mod:`autoprune.tracking`); its per-trial updates run on a
+   background thread (:mod:`autoprune.tracking_thread`), so Ray Tune starts the next trial
+   without waiting for MLflow.
+
+**Framework cost.** Ray starts on a background thread (:mod:`autoprune.raycluster`) while
+MLflow's parent run is set up, and stops while MLflow catches up at the end; the dense
+model's latency is timed before Ray starts, on a quiet machine.
 
 **Failures.** A trial that raises or diverges reports ``failed`` with its error; a worker
 that dies is restarted by Ray up to ``--retries`` times. Either way the Optuna trial ends
@@ -35,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -57,7 +62,7 @@ from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autoprune.context import StudySetup, TrialContext, build_setup, trial_context  # noqa: E402
-from autoprune.dense import prepare_dense  # noqa: E402
+from autoprune.dense import check_checkpoint, prepare_dense  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.faults import FaultPlan  # noqa: E402
 from autoprune.layers import LayerInfo  # noqa: E402
@@ -65,11 +70,13 @@ from autoprune.lock import StudyLock  # noqa: E402
 from autoprune.params import Param  # noqa: E402
 from autoprune.paths import StudyPaths, study_paths  # noqa: E402
 from autoprune.progress import SearchProgress  # noqa: E402
+from autoprune.raycluster import RayCluster, start_ray, trial_concurrency  # noqa: E402
 from autoprune.results import is_feasible, write_tables  # noqa: E402
 from autoprune.samplers import make_sampler  # noqa: E402
 from autoprune.space import PolicySpace, SearchSpace, parse_space  # noqa: E402
 from autoprune.suggest import PolicySuggester, policy_from_params  # noqa: E402
 from autoprune.tracking import StudyTracker, dense_metrics, make_tracker  # noqa: E402
+from autoprune.tracking_thread import TrackingThread  # noqa: E402
 
 logger = logging.getLogger("autoprune.search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,6 +87,7 @@ OUTCOME_KEY = "autoprune_outcome"  # JSON text: Ray flattens nested dicts in res
 TRIAL_NUMBER_KEY = "trial_number"  # the Optuna trial number, added to each trial's config
 FINISHED = optuna.trial.TrialState.COMPLETE
 FAILED = optuna.trial.TrialState.FAIL
+_start_ray = start_ray  # the synchronous start, under its old name
 
 
 @dataclass
@@ -193,7 +201,7 @@ class StudyRecorder:
         self.trials_csv = paths.trials_csv
         self.pareto_csv = paths.pareto_csv
         self.listener: SearchProgress | None = None
-        self.tracker: StudyTracker | None = None
+        self.tracker: StudyTracker | TrackingThread | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "listener": None, "tracker": None}
@@ -319,63 +327,6 @@ def policy_trainable(config: dict[str, Any], *, shared: dict[str, Any]) -> None:
     tune.report({**{k: result.metrics[k] for k in shared["objectives"]}, OUTCOME_KEY: json.dumps(outcome)})
 
 
-def _start_ray(options: SearchOptions, concurrency_hint: int, log_path: Path) -> bool:
-    """Start a local Ray cluster (or attach to ``--address``); returns whether this call connected.
-
-    The caller disconnects (``ray.shutdown()``) when it did; a cluster it merely attached to
-    keeps running.
-    """
-    import ray
-
-    ray_logger = logging.getLogger("ray")
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-        current = logging.getLogger(name)
-        current.handlers = [handler]
-        current.propagate = False
-    ray_logger.setLevel(logging.INFO)
-    if ray.is_initialized():
-        return False
-    if options.address:
-        try:
-            ray.init(address=options.address, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise AutopruneError(f"--address {options.address}: cannot attach to a Ray cluster: {exc}".splitlines()[0]) from None
-        return True
-    cpus = os.cpu_count() or 1
-    if options.gpus > 0:
-        cpus = max(cpus, math.ceil(concurrency_hint * options.cpus_per_trial))
-    ray.init(
-        address="local",  # always a fresh cluster, never one another user started with `ray start`
-        num_cpus=cpus,
-        num_gpus=options.gpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
-    return True
-
-
-def _concurrency(options: SearchOptions) -> int:
-    """Trials that run at once: GPUs / GPUs per trial, else CPUs / CPUs per trial."""
-    import ray
-
-    resources = ray.cluster_resources()
-    if options.concurrency:
-        return options.concurrency
-    if options.gpus > 0:
-        have = resources.get("GPU", 0)
-        if options.gpus > have:
-            raise AutopruneError(
-                f"--gpus {options.gpus:g}: the Ray cluster has only {have:g} GPUs; trials asking for more "
-                "would wait forever. Ask for at most that many, or --gpus 0 for CPU trials"
-            )
-        return max(1, int(options.gpus // options.gpus_per_trial))
-    return max(1, int(resources.get("CPU", 1) // options.cpus_per_trial))
-
-
 def _check_options(options: SearchOptions) -> None:
     if options.gpus < 0:
         raise AutopruneError(f"--gpus {options.gpus:g}: must be 0 (CPU trials) or more")
@@ -432,6 +383,7 @@ def run_search(space: SearchSpace, options: SearchOptions, *, log: Callable[[str
     _check_options(options)
     space = apply_overrides(space, options)
     setup = build_setup(space)
+    check_checkpoint(setup)  # a bad model.checkpoint is refused before the study folder is touched
     paths = study_paths(space.study.name, options.studies)
     tracker = make_tracker(space, paths, uri=options.tracking_uri, layers=setup.layers, log=log) if options.tracking else None
     paths.create()
@@ -456,26 +408,31 @@ def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, p
         return SearchOutcome(paths, finished, failed_before, False, int(frame["pareto"].sum()) if len(frame) else 0)
     dense = prepare_dense(setup, paths, log=log)
     context = trial_context(setup, dense)
-    if tracker is not None:
-        tracker.start(study, dense_metrics(context))
-    if options.seed_baselines and not finished:
-        log(f"seeded the study with {_seed_baselines(study, space)} baseline policies")
+    # The dense latency is timed before Ray's start loads the machine; MLflow's start then runs
+    # while Ray starts (autoprune/raycluster.py), and per-trial MLflow logging on its own thread.
+    dense_values = dense_metrics(context) if tracker is not None else {}
     max_failures = options.max_failures if options.max_failures is not None else max(3, wanted)
     concurrency_hint = options.concurrency or (
         max(1, int(options.gpus // options.gpus_per_trial)) if options.gpus > 0 else 1
     )
-    connected = _start_ray(options, concurrency_hint, paths.log)
-    progress = SearchProgress(space, dense_accuracy=dense.accuracy, total=wanted, already=finished, quiet=options.quiet,
-                              log=log)
+    cluster = RayCluster(options, concurrency_hint, paths.log)
+    tracking = TrackingThread(tracker, log=log) if tracker is not None else None
     interrupted = False
     status = "FAILED"
     try:
-        concurrency = _concurrency(options)
+        if tracking is not None:
+            tracking.start(study, dense_values)
+        if options.seed_baselines and not finished:
+            log(f"seeded the study with {_seed_baselines(study, space)} baseline policies")
+        cluster.wait()
+        progress = SearchProgress(space, dense_accuracy=dense.accuracy, total=wanted, already=finished,
+                                  quiet=options.quiet, log=log)
+        concurrency = trial_concurrency(options)
         log(f"running {wanted - finished} trials, {concurrency} at a time "
             f"({'GPU' if options.gpus else 'CPU'}); Ray's log: {paths.log}")
         recorder = StudyRecorder(space, paths)
         recorder.listener = progress
-        recorder.tracker = tracker
+        recorder.tracker = tracking
         shared = {
             "context": context,
             "space": space.space,
@@ -505,13 +462,13 @@ def _run_locked(space: SearchSpace, setup: StudySetup, options: SearchOptions, p
                     fail_running(study, "interrupted (Ctrl-C)")
                     break
         status = "KILLED" if interrupted else "FINISHED"
-    finally:
-        if connected:
-            import ray
-
-            ray.shutdown()
-        if tracker is not None:
-            tracker.finish(study, status=status)
+    finally:  # Ray stops while MLflow catches up; both are done before the retime times anything
+        cluster.stop()
+        try:
+            if tracking is not None and tracking.started:
+                tracking.finish(study, status=status)
+        finally:
+            cluster.join()
     frame = write_tables(study.get_trials(deepcopy=False), space.objectives, paths.trials_csv, paths.pareto_csv)
     if options.retime and not interrupted:  # every Pareto candidate timed alone (autoprune/retime.py)
         from autoprune.retime import retime_setup

@@ -158,6 +158,25 @@ def client_for(uri: str, *, fail_fast: bool = False) -> Any:
     return FailFastClient(client) if fail_fast and is_server(uri) else client
 
 
+def ensure_experiment(client: Any, name: str, uri: str, root: Path) -> str:
+    """The experiment called ``name`` (restored if deleted), created with its artifact location if missing.
+
+    Tagged as a model-training experiment, so that MLflow 3's UI opens it with runs,
+    metrics and artifacts rather than its GenAI views.
+    """
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        if existing.tags.get(EXPERIMENT_KIND[0]) is None:
+            client.set_experiment_tag(existing.experiment_id, *EXPERIMENT_KIND)
+        return existing.experiment_id
+    folder = artifact_root(uri, root)
+    location = (folder / name).as_uri() if folder is not None else None
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={"autoprune.study": name, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]})
+
+
 def find_parent_run(client: Any, experiment_id: str, study: str) -> Any | None:
     """The study's parent run in ``experiment_id`` (the oldest if a crash left two), or ``None``."""
     runs = client.search_runs(
@@ -302,7 +321,7 @@ class StudyTracker:
         """Find or create the experiment and parent run, then catch up with the study."""
         try:
             self.client = client_for(self.uri, fail_fast=True)
-            self.experiment_id = self._experiment()
+            self.experiment_id = ensure_experiment(self.client, self.name, self.uri, self.paths.root)
             self.reference = self._reference(study, dense)
             parent = find_parent_run(self.client, self.experiment_id, self.name)
             if parent is None:
@@ -371,24 +390,6 @@ class StudyTracker:
         self._failing = False
 
     # -- experiment and parent --------------------------------------------------------
-
-    def _experiment(self) -> str:
-        """The study's experiment, created with its artifact location (or restored) if need be.
-
-        Tagged as a model-training experiment, so that MLflow 3's UI opens it with runs,
-        metrics and artifacts rather than its GenAI views.
-        """
-        existing = self.client.get_experiment_by_name(self.name)
-        if existing is not None:
-            if existing.lifecycle_stage == "deleted":
-                self.client.restore_experiment(existing.experiment_id)
-            if existing.tags.get(EXPERIMENT_KIND[0]) is None:
-                self.client.set_experiment_tag(existing.experiment_id, *EXPERIMENT_KIND)
-            return existing.experiment_id
-        root = artifact_root(self.uri, self.paths.root)
-        location = (root / self.name).as_uri() if root is not None else None
-        return self.client.create_experiment(self.name, artifact_location=location,
-                                             tags={"autoprune.study": self.name, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]})
 
     def _reference(self, study: optuna.Study, dense: Mapping[str, float]) -> dict[str, float]:
         """The study's hypervolume reference point: stored in the Optuna study at its first tracked run."""

@@ -210,6 +210,8 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "space-checkpoint-is-a-folder": (("trial", "--space", "{files}/checkpoint-folder.yaml", "--studies", "{root}",
                                       "--policy", "{files}/exported.yaml"),
                                      ("checkpoint-folder.yaml: model.checkpoint", "a-folder.pt: is a directory")),
+    "search-checkpoint-malicious-new-study": ((*SEARCH, "--space", "{files}/checkpoint-space.yaml", "--name", "fresh"),
+                                              ("model.checkpoint", "evil.pt", "refused to load")),
     "space-checkpoint-malicious": (("trial", "--space", "{files}/checkpoint-space.yaml", "--studies", "{root}",
                                     "--policy", "{files}/exported.yaml"),
                                    ("model.checkpoint", "evil.pt", "refused to load")),

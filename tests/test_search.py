@@ -242,3 +242,36 @@ def test_seed_baselines_respect_what_the_space_allows() -> None:
     assert _seed_baselines(queued, small_space("uniform-only", 3, allocation="uniform")) == 3
     fixed = [t.system_attrs["fixed_params"] for t in queued.get_trials()]
     assert all(set(params) == {"scorer", "target_sparsity"} for params in fixed)
+
+
+def test_mlflow_updates_run_in_order_off_the_trial_path() -> None:
+    import threading
+
+    from autoprune.tracking_thread import TrackingThread
+
+    class SlowTracker:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, object]] = []
+            self.release = threading.Event()
+
+        def start(self, study, dense) -> None:
+            self.calls.append(("start", dense))
+
+        def trial_done(self, trials, frame=None) -> None:
+            self.release.wait(5)
+            self.calls.append(("trial", len(trials)))
+
+        def finish(self, study, *, status: str = "FINISHED") -> None:
+            self.calls.append(("finish", status))
+
+    tracker = SlowTracker()
+    tracking = TrackingThread(tracker, log=lambda _: None)
+    tracking.start(None, {"accuracy": 1.0})
+    began = time.monotonic()
+    for count in (1, 2, 3):
+        tracking.trial_done(list(range(count)))
+    assert time.monotonic() - began < 0.5  # the driver does not wait for MLflow
+    tracker.release.set()
+    tracking.finish(None, status="KILLED")  # waits for the queued updates, then ends the parent run
+    assert tracker.calls == [("start", {"accuracy": 1.0}), ("trial", 1), ("trial", 2), ("trial", 3), ("finish", "KILLED")]
+    assert tracking.calls == 3 and tracking.busy_seconds > 0
