@@ -53,6 +53,13 @@ def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_pat
     assert search["stages"]["ray_init"] > 0 and search["fixed_s"] > 0
     assert report["result"]["same_work"]["max_sparsity_diff"] < 1e-6
     assert "| search phase / plain loop wall" in (tmp_path / "overhead.md").read_text()
+    head = report["headline"]  # W4: peak memory and MLflow's per-trial cost
+    for key in ("driver_peak_rss_mb_c1", "driver_peak_rss_mb_c2", "worker_peak_rss_mb_c1", "tree_peak_rss_mb_c2",
+                "mlflow_per_trial_ms_c1", "mlflow_vs_gap_c1", "mlflow_on_path_ms_c1", "record_per_trial_ms_c1"):
+        assert math.isfinite(head[key]) and head[key] > 0, key
+    assert head["driver_peak_rss_mb_c1"] >= search["driver_start_rss_mb"] > 0
+    assert search["tracking_calls"] == 2  # one MLflow update per trial, on the tracking thread
+    assert "| round | run | concurrency | driver RSS at start MB" in (tmp_path / "overhead.md").read_text()
 
 
 def test_samplers_smoke_writes_monotone_normalised_hypervolume_curves(tmp_path: Path) -> None:
@@ -95,3 +102,44 @@ def test_weights_smoke_compares_search_and_baselines_at_equal_budget(tmp_path: P
     assert result["hypervolume"]["baselines"] > 0
     assert "| sparsity ≥ | side |" in (tmp_path / "weights.md").read_text()
     assert (tmp_path / "weights.png").stat().st_size > 0
+
+
+def test_channels_smoke_times_the_front_and_the_narrow_nets(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "channels.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "channels.json").read_text())
+    assert {"command", "date", "git_commit", "machine", "settings", "result", "headline", "misses"} <= set(report)
+    result = report["result"]
+    assert result["front"] and [n["width"] for n in result["narrow"]] == [0.5, 0.75]
+    for item in result["front"] + result["narrow"]:
+        assert all(math.isfinite(item["speedup"][b]) and item["speedup"][b] > 0 for b in ("1", "256"))
+    assert all(result["dense"]["latency_ms"][b] > 0 for b in ("1", "256"))
+    head = report["headline"]
+    assert set(head["targets_met"]) == {"speedup_b1", "speedup_b256", "beats_narrow_b1", "beats_narrow_b256"}
+    if head["chosen"] is not None:
+        assert len(result["seeds"]) == 2 and all(0 <= s["test_accuracy"] <= 1 for s in result["seeds"])
+        assert result["chosen"]["accuracy_drop"] <= result["max_drop"] + 1e-9
+    assert "| trial | val accuracy |" in (tmp_path / "channels.md").read_text()
+    assert (tmp_path / "channels.png").stat().st_size > 0
+
+
+def test_load_smoke_finishes_every_trial_with_consistent_records(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "load.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert {"command", "date", "git_commit", "machine", "settings", "result", "passed"} <= set(report)
+    result = report["result"]
+    assert report["passed"] and all(result["checks"].values()), result["checks"]
+    assert result["finished"] == result["child_runs"] == 8 and result["failed"] == 0
+    assert {d.split("=")[-1] for d in result["devices"]} == {"0", "1"}  # 2 declared GPUs, CPU fallback
+    assert [row["finished"] for row in result["milestones"]] == [4, 8]
+    assert all(row["driver_peak_rss_mb"] >= row["driver_rss_mb"] > 0 for row in result["milestones"])
+    assert result["driver_peak_rss_mb"] > 0 and result["worker_peak_rss_mb"] > 0
+    assert math.isfinite(result["overhead_per_trial_s"]) and result["mlflow_update"]["calls"] == 8
+    assert "| consistency check | passed |" in (tmp_path / "load.md").read_text()
