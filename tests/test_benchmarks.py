@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/engine.py``: the script runs and writes sane results."""
+"""Every benchmark script runs in `--smoke` mode in seconds and writes sane results."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "engine.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+def run_smoke(script: str, out: Path, *, timeout: int) -> dict:
+    """``python benchmarks/<script>.py --smoke --out OUT`` succeeds; returns the JSON it wrote."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "engine.json").read_text())
+    return json.loads((out / f"{script}.json").read_text())
+
+
+def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
+    report = run_smoke("engine", tmp_path, timeout=120)
     assert {"command", "date", "machine", "settings", "models", "scorers", "misses"} <= set(report)
     assert {"platform", "processor", "cpu_model", "cpu_count", "torch"} <= set(report["machine"])
     variants = report["models"]["lenet5"]["variants"]
@@ -34,12 +37,7 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
 
 
 def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "overhead.json").read_text())
+    report = run_smoke("overhead", tmp_path, timeout=300)
     assert {"command", "date", "git_commit", "machine", "settings", "result", "headline", "targets_met"} <= set(report)
     assert {"search_vs_loop", "search_vs_loop_steady", "search_scaling", "loop_scaling", "fixed_s_c1",
             "overhead_per_trial_s_c1"} <= set(report["headline"])
@@ -63,12 +61,7 @@ def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_pat
 
 
 def test_samplers_smoke_writes_monotone_normalised_hypervolume_curves(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "samplers.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "samplers.json").read_text())
+    report = run_smoke("samplers", tmp_path, timeout=120)
     assert {"command", "date", "git_commit", "machine", "settings", "dense", "runs", "hypervolume",
             "target_met"} <= set(report)
     trials = report["settings"]["trials"]
@@ -88,12 +81,7 @@ def test_samplers_smoke_writes_monotone_normalised_hypervolume_curves(tmp_path: 
 
 
 def test_weights_smoke_compares_search_and_baselines_at_equal_budget(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "weights.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "weights.json").read_text())
+    report = run_smoke("weights", tmp_path, timeout=300)
     assert {"command", "date", "git_commit", "machine", "settings", "result", "targets"} <= set(report)
     result = report["result"]
     assert result["compute"]["baselines_points"] == 25 and result["compute"]["search_trials"] == 4
@@ -105,12 +93,7 @@ def test_weights_smoke_compares_search_and_baselines_at_equal_budget(tmp_path: P
 
 
 def test_channels_smoke_times_the_front_and_the_narrow_nets(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "channels.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "channels.json").read_text())
+    report = run_smoke("channels", tmp_path, timeout=300)
     assert {"command", "date", "git_commit", "machine", "settings", "result", "headline", "misses"} <= set(report)
     result = report["result"]
     assert result["front"] and [n["width"] for n in result["narrow"]] == [0.5, 0.75]
@@ -127,12 +110,7 @@ def test_channels_smoke_times_the_front_and_the_narrow_nets(tmp_path: Path) -> N
 
 
 def test_load_smoke_finishes_every_trial_with_consistent_records(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "load.py"), "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "load.json").read_text())
+    report = run_smoke("load", tmp_path, timeout=180)
     assert {"command", "date", "git_commit", "machine", "settings", "result", "passed"} <= set(report)
     result = report["result"]
     assert report["passed"] and all(result["checks"].values()), result["checks"]
