@@ -148,7 +148,7 @@ def _previous_rows(report: Mapping[str, Any]) -> list[str]:
     if not keys:
         return []
     labels = {key: label for label, key, *_ in HEADLINE}
-    rows = [f"Previous results in this folder: {previous.get('date')}, commit `{previous.get('git_commit')}`.", "",
+    rows = [f"Compared with earlier results: {previous.get('date')}, commit `{previous.get('git_commit')}`.", "",
             "| measure | previous | now |", "|---|---:|---:|"]
     for key in keys:
         rows.append(f"| {labels.get(key, key)} | {previous['headline'][key]:.3g} | {report['headline'][key]:.3g} |")
