@@ -10,6 +10,12 @@ The same thread, because Ray ties its processes to the thread that started them 
 parent-death signal follows the creating *thread*): if that thread ended, the GCS and the
 raylet would be killed with it. The thread therefore lives as long as the cluster.
 
+Nothing may touch Ray while ``ray.shutdown`` runs: Ray ends the whole process (exit code 1,
+no traceback) when any thread calls into its core worker during the shutdown. Garbage
+collection does so unseen, freeing an object reference or actor handle that Ray Tune left in
+a reference cycle. :meth:`RayCluster.stop` therefore collects garbage first, on the calling
+thread, while Ray is still up (tests/test_raycluster.py).
+
 ``ray.init`` called from a thread other than the main one does not install Ray's SIGTERM
 handler (``sys.exit``); :class:`RayCluster` installs the same handler from the main thread,
 so a terminated driver still runs its ``finally`` blocks (lock released, MLflow run ended).
@@ -27,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -154,8 +161,13 @@ class RayCluster:
         return self._connected
 
     def stop(self) -> None:
-        """Let the start finish if it has not, then begin ``ray.shutdown`` (if this driver connected); never raises."""
+        """Let the start finish if it has not, then begin ``ray.shutdown`` (if this driver connected); never raises.
+
+        Unreachable Ray objects are freed first, while Ray is up (see the module docstring);
+        the caller must hold no Ray object it could drop before :meth:`join` returns.
+        """
         self._ready.wait()
+        gc.collect()
         self._stop.set()
 
     def join(self) -> None:
