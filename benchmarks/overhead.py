@@ -30,7 +30,7 @@ search start its own Ray instance, even if a ``ray start`` cluster runs on the m
 
 Usage::
 
-    python benchmarks/overhead.py [--smoke] [--out benchmarks/results]
+    python benchmarks/overhead.py [--smoke] [--policies N] [--rounds R] [--out benchmarks/results]
 
 writes ``overhead.json`` (every number, command, date, machine) and ``overhead.md`` (tables).
 ``--smoke`` runs a short version (digits MLP, N=2, one round).
@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -280,8 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a short run (digits MLP, 2 policies, one round)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
                         help="folder for overhead.json and overhead.md (default: benchmarks/results)")
+    parser.add_argument("--policies", type=int, default=None,
+                        help=f"policies per run, i.e. the study's trial count (default {FULL.policies}; the fixed "
+                             "cost of a search is paid once, so its share shrinks as this grows)")
+    parser.add_argument("--rounds", type=int, default=None, help=f"rounds of the four runs (default {FULL.rounds})")
     args = parser.parse_args(argv)
-    report = run(SMOKE if args.smoke else FULL, args.out, sys.argv if argv is None else ["overhead.py", *argv])
+    settings = SMOKE if args.smoke else FULL
+    if args.policies is not None:
+        settings = replace(settings, policies=args.policies)
+    if args.rounds is not None:
+        settings = replace(settings, rounds=args.rounds)
+    report = run(settings, args.out, sys.argv if argv is None else ["overhead.py", *argv])
     print((args.out / "overhead.md").read_text())
     return 0 if all(math.isfinite(v) for v in report["headline"].values()) else 1
 
