@@ -194,7 +194,8 @@ def log_isolated(space: SearchSpace, paths: StudyPaths, outcome: RetimeOutcome, 
 
     Does nothing when the store holds no experiment for the study (it was never tracked; a
     later tracked run logs the metrics with the child runs it creates). A store failure is
-    reported, not raised: the Optuna study already holds the values. Returns the runs updated.
+    reported, not raised: the Optuna study already holds the values; a server that is away
+    fails within seconds, not MLflow's minutes of retries. Returns the runs updated.
     """
     from autoprune.tracking import client_for, find_parent_run, resolve_tracking_uri
 
@@ -202,7 +203,7 @@ def log_isolated(space: SearchSpace, paths: StudyPaths, outcome: RetimeOutcome, 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return 0
     try:
-        return _log_isolated(client_for(uri), space.study.name, outcome, find_parent_run)
+        return _log_isolated(client_for(uri, fail_fast=True), space.study.name, outcome, find_parent_run)
     except Exception as exc:  # tracking must not undo a finished re-timing
         log(f"retime: MLflow not updated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return 0
