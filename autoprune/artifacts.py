@@ -191,20 +191,17 @@ def write_artifacts(folder: str | Path, *, model: nn.Module, policy: Policy, doc
             ``tolerance``.
     """
     folder = check_out_folder(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AutopruneError(f"--out {folder}: cannot create it ({exc.strerror or exc})") from None
     model = model.cpu().eval()
-    weights = folder / WEIGHTS_FILE
-    _atomic(weights, lambda tmp: torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp))
     onnx_path = folder / ONNX_FILE
     inputs = check_inputs[:ONNX_CHECK_EXAMPLES]
-    _atomic(onnx_path, lambda tmp: export_onnx(model, tmp, inputs[:2]))
-    difference = onnx_max_abs_diff(onnx_path, model, inputs)
-    if not difference <= tolerance:
-        raise AutopruneError(f"{onnx_path}: onnxruntime and torch disagree: max abs difference of the logits "
-                             f"{difference:.3g} > tolerance {tolerance:g}")
+    difference = _checked_onnx(model, onnx_path, inputs, tolerance, remove_folder=created)
+    weights = folder / WEIGHTS_FILE
+    _atomic(weights, lambda tmp: torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp))
     metrics = {**metrics, "onnx_max_abs_diff": difference}
     full = {"policy": policy.to_dict(), **document, "metrics": _plain(metrics)}
     source = document.get("source", {})
@@ -219,6 +216,30 @@ def write_artifacts(folder: str | Path, *, model: nn.Module, policy: Policy, doc
     card_path = folder / CARD_FILE
     _atomic(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     return Written(folder, [policy_path, weights, onnx_path, metrics_path, card_path], difference)
+
+
+def _checked_onnx(model: nn.Module, path: Path, inputs: torch.Tensor, tolerance: float, *, remove_folder: bool) -> float:
+    """Export ``model`` to ``path`` only if onnxruntime agrees with torch on ``inputs``; the largest difference.
+
+    The model is exported next to ``path`` and checked first: when it disagrees, nothing of
+    the export is left (the folder too, if this export created it) and an earlier export in
+    the folder is untouched.
+    """
+    staged = path.with_name(f".{path.name}.check")
+    try:
+        export_onnx(model, staged, inputs[:2])
+        difference = onnx_max_abs_diff(staged, model, inputs)
+        if not difference <= tolerance:
+            raise AutopruneError(f"{path}: onnxruntime and torch disagree: max abs difference of the logits "
+                                 f"{difference:.3g} > tolerance {tolerance:g}; nothing was written")
+        os.replace(staged, path)
+        return difference
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        if remove_folder:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
 
 
 def _atomic(path: Path, write: Any) -> None:
