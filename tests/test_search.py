@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -218,7 +219,27 @@ def test_attach_to_an_existing_cluster(tmp_path: Path) -> None:
             run_search(small_space("attached", 3), SearchOptions(studies=tmp_path, address=f"127.0.0.1:{port}",
                                                                  gpus=2, quiet=True), log=lambda _: None)
     finally:
-        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True)
+        stop_cluster_on(port)
+
+
+def stop_cluster_on(port: str) -> None:
+    """Stop the cluster whose GCS listens on ``port`` and no other (``ray stop`` stops every cluster).
+
+    Its GCS, raylet and agents name the port on their command line; its workers end when the
+    raylet does.
+    """
+    needles = (f"127.0.0.1:{port}", f"gcs_server_port={port}")
+    targets = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and any(n in command for n in needles):
+            targets.append(int(entry.name))
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_driver_on_a_running_study_is_refused(tmp_path: Path) -> None:
