@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+# Test files run in this many processes (pytest-xdist), a file's tests in one of them so that
+# module fixtures are built once. Most tests wait on Ray and subprocesses, so 2 pays off on 2 cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install test search data clean
 
@@ -38,7 +41,7 @@ data:
 	fi
 
 test: install data
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 search: install
 	$(BIN)/autoprune search --space search_spaces/digits.yaml
