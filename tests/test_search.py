@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,19 +226,26 @@ def test_attach_to_an_existing_cluster(tmp_path: Path) -> None:
 def stop_cluster_on(port: str) -> None:
     """Stop the cluster whose GCS listens on ``port`` and no other (``ray stop`` stops every cluster).
 
-    Its GCS, raylet and agents name the port on their command line; its workers end when the
-    raylet does.
+    Its GCS, raylet and log monitor name the port on their command line; the agents and
+    workers are their descendants.
     """
-    needles = (f"127.0.0.1:{port}", f"gcs_server_port={port}")
+    ours = re.compile(rf"(--gcs[-_]address=\S*:{port}|--gcs_server_port={port})(\s|$)")  # any host: Ray may swap it
+    children: dict[int, list[int]] = {}
     targets = []
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and any(n in command for n in needles):
+        children.setdefault(parent, []).append(int(entry.name))
+        if ours.search(command):
             targets.append(int(entry.name))
-    for pid in targets:
+    while targets:
+        pid = targets.pop()
+        targets.extend(children.get(pid, []))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
