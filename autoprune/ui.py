@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autoprune.errors import AutopruneError
+from autoprune.procs import process_stats
 from autoprune.paths import studies_root
 from autoprune.tracking import artifact_root, client_for, find_parent_run, is_server, resolve_tracking_uri, run_url
 
@@ -183,16 +184,7 @@ def group_alive(group: int) -> bool:
             return True
         except (ProcessLookupError, PermissionError):
             return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
+    return any(int(fields[2]) == group and fields[0] != "Z" for _, fields in process_stats())
 
 
 def run_ui(*, studies: str | Path | None = None, study: str | None = None, host: str = "127.0.0.1", port: int = 5000,

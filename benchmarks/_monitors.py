@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoprune.procs import process_stats
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
@@ -36,14 +38,7 @@ def busy_jiffies() -> tuple[int, int]:
 def _table() -> tuple[dict[int, tuple[tuple[int, int], int, int]], dict[int, list[int]]]:
     """Every process: pid → ((pid, start time), user + system jiffies, RSS bytes); and children by parent."""
     table, children = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
+    for pid, fields in process_stats():
         table[pid] = ((pid, int(fields[19])), int(fields[11]) + int(fields[12]), int(fields[21]) * PAGE)
         children.setdefault(int(fields[1]), []).append(pid)
     return table, children

@@ -19,6 +19,7 @@ import yaml
 from autoprune.errors import AutopruneError
 from autoprune.faults import FaultPlan
 from autoprune.pareto import non_dominated
+from autoprune.procs import command_line, descendants, process_stats
 from autoprune.search import SearchOptions, run_search
 from conftest import digits_space
 
@@ -229,23 +230,9 @@ def stop_cluster_on(port: str) -> None:
     Its GCS, raylet and log monitor name the port on their command line; the agents and
     workers are their descendants.
     """
-    ours = re.compile(rf"(--gcs[-_]address=\S*:{port}|--gcs_server_port={port})(\s|$)")  # any host: Ray may swap it
-    children: dict[int, list[int]] = {}
-    targets = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-        if ours.search(command):
-            targets.append(int(entry.name))
-    while targets:
-        pid = targets.pop()
-        targets.extend(children.get(pid, []))
+    pattern = re.compile(rf"(--gcs[-_]address=\S*:{port}|--gcs_server_port={port})(\s|$)")  # any host: Ray may swap it
+    ours = [pid for pid, _ in process_stats() if pid != os.getpid() and pattern.search(command_line(pid))]
+    for pid in descendants(ours):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -7,29 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from autoprune.procs import descendants
 from autoprune.search import SearchOptions, _start_ray
 
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
-
-
-def _descendants(root: int) -> set[int]:
-    """``root`` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
 
 
 def _socket_inodes(pids: set[int]) -> set[str]:
@@ -76,7 +57,7 @@ def test_the_local_ray_cluster_of_a_search_listens_on_loopback_only(tmp_path: Pa
     assert _start_ray(SearchOptions(studies=tmp_path), 1, tmp_path / "search.log")
     try:
         ray.get(ray.remote(lambda: 1).remote())  # a worker is up too
-        addresses = listening_addresses(_descendants(os.getpid()))
+        addresses = listening_addresses(descendants([os.getpid()]))
     finally:
         ray.shutdown()
     assert len(addresses) >= 2  # the GCS, the raylet, the object manager ... were seen
