@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "cost of a search is paid once, so its share shrinks as this grows)")
     parser.add_argument("--rounds", type=int, default=None, help=f"rounds of the four runs (default {FULL.rounds})")
     args = parser.parse_args(argv)
+    for flag, value in (("--policies", args.policies), ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: give a whole number of at least 1")
     settings = SMOKE if args.smoke else FULL
     if args.policies is not None:
         settings = replace(settings, policies=args.policies)
