@@ -82,6 +82,10 @@ class Policy(_Strict):
         layer_sparsity: per-layer sparsity for ``per_layer`` (layer name → fraction removed).
         exclude: layer names never pruned.
         min_layer_density: the smallest fraction of a layer that is always kept.
+        round_to: ``channel`` granularity only: every pruned layer of at least ``round_to``
+            channels keeps a multiple of ``round_to`` (nearest to its allocated count), so
+            the pruned layers match the CPU's vector width (8 float32 lanes with AVX2, 16
+            with AVX-512); see :func:`autoprune.allocation.kept_channels`. 1 = no rounding.
         schedule: how sparsity grows over finetuning.
         finetune: finetuning settings.
         seed: seeds scoring, finetuning and any randomness of the trial.
@@ -95,6 +99,7 @@ class Policy(_Strict):
     layer_sparsity: dict[str, float] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)
     min_layer_density: float = Field(0.01, gt=0, le=1)
+    round_to: int = Field(1, ge=1, le=4096)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     seed: int = 0
@@ -199,8 +204,9 @@ class Policy(_Strict):
             else f"{len(self.layer_sparsity)} layers"
         )
         distill = " +distill" if self.finetune.distill else ""
+        rounding = f" round_to={self.round_to}" if self.granularity == "channel" and self.round_to > 1 else ""
         return (
-            f"{self.granularity} {self.scorer} {self.allocation} {sparsity} "
+            f"{self.granularity}{rounding} {self.scorer} {self.allocation} {sparsity} "
             f"{self.schedule.shape}×{self.schedule.steps} ft={self.finetune.epochs:.2g}ep "
             f"lr={self.finetune.lr:.2g}{distill}"
         )

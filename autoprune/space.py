@@ -214,6 +214,7 @@ class PolicySpace(_Section):
     layers: dict[str, LayerRange] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)
     min_layer_density: float = Field(0.01, gt=0, le=1)
+    round_to: Annotated[Param, BeforeValidator(_param("int", minimum=1, maximum=4096))] = fixed(1, "int")
     schedule: ScheduleSpace = Field(default_factory=ScheduleSpace)
     finetune: FinetuneSpace = Field(default_factory=FinetuneSpace)
 

@@ -64,6 +64,7 @@ def _build(space: PolicySpace, layers: list[LayerInfo], seed: int, values: _Valu
         for key, param in space.scorer_params.get(scorer, {}).items()
     }
     allocation = values.get("allocation", space.allocation)
+    round_to = values.get("round_to", space.round_to) if granularity == "channel" else 1
     follows_target = allocation != "per_layer" or any(
         layer.sparsity is None and not layer.excluded for layer in layers
     )
@@ -103,6 +104,7 @@ def _build(space: PolicySpace, layers: list[LayerInfo], seed: int, values: _Valu
         layer_sparsity=layer_sparsity,
         exclude=[layer.name for layer in layers if layer.excluded],
         min_layer_density=space.min_layer_density,
+        round_to=int(round_to),
         schedule=ScheduleSettings(shape=shape, steps=int(steps), tolerance=float(tolerance)),
         finetune=finetune,
         seed=seed,
@@ -150,6 +152,8 @@ def search_dimensions(space: PolicySpace, layers: list[LayerInfo]) -> dict[str, 
         "target_sparsity": space.target_sparsity,
     }
     dims.update(top)
+    if "channel" in space.granularity.options():
+        dims["round_to"] = space.round_to
     for scorer in space.scorer.options():
         for key, param in space.scorer_params.get(scorer, {}).items():
             dims[f"scorer.{scorer}.{key}"] = param

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from autoprune.allocation import allocate, channels_to_keep, masks_from_scores
+from autoprune.allocation import allocate, channels_to_keep, kept_channels, masks_from_scores
 from autoprune.context import TrialContext
 from autoprune.measure import measure_latency_pair, measure_model, prunable_weight_count
 from autoprune.models import example_input, prunable_layers
@@ -342,8 +342,10 @@ def _prune_channels(run: _Run, targets: dict[str, float]) -> None:
     for name, layer in layers.items():
         if name == protected:
             continue
-        dense_channels = run.dense_shapes[name][0]
-        keep_count = max(1, dense_channels - round(targets.get(name, 0.0) * dense_channels))
+        keep_count = kept_channels(
+            run.dense_shapes[name][0], targets.get(name, 0.0),
+            round_to=run.policy.round_to, min_density=run.policy.min_layer_density,
+        )
         if layer.weight.shape[0] > keep_count:
             wanted[name] = keep_count
     if not wanted:

@@ -13,6 +13,7 @@ from autoprune.allocation import (
     LayerShape,
     allocate,
     channels_to_keep,
+    kept_channels,
     layer_shapes,
     masks_from_scores,
 )
@@ -232,3 +233,36 @@ def test_per_layer_value_for_the_protected_output_layer_is_ignored_under_channel
     explicit = {name: 0.5 for name in SHAPES}  # a space pattern such as "classifier.*" also names the output layer
     result = run("per_layer", None, explicit=explicit, granularity="channel", protected_channels={"fc"})
     assert result["fc"] == 0.0 and result["conv1"] == 0.5
+
+
+def test_kept_channels_without_rounding_removes_the_rounded_share() -> None:
+    assert kept_channels(64, 0.3) == 45
+    assert kept_channels(10, 1.0) == 1
+
+
+def test_kept_channels_rounds_to_the_nearest_multiple() -> None:
+    assert kept_channels(64, 0.3, round_to=8) == 48  # 45 -> 48
+    assert kept_channels(64, 0.36, round_to=8) == 40  # 41 -> 40
+    assert kept_channels(64, 0.375, round_to=8) == 40  # 40 stays
+    assert kept_channels(64, 0.3125, round_to=8) == 48  # 44 is halfway: keep more
+
+
+def test_kept_channels_keeps_at_least_one_multiple_and_at_most_the_layer() -> None:
+    assert kept_channels(64, 0.99, round_to=8) == 8
+    assert kept_channels(84, 0.0, round_to=8) == 84
+
+
+def test_kept_channels_leaves_narrow_layers_unrounded() -> None:
+    assert kept_channels(6, 0.5, round_to=8) == 3
+
+
+def test_kept_channels_rounds_up_to_respect_min_density() -> None:
+    # 1024 channels, min density 5 %: at least 52 stay; 52 rounds down to 48, so 56.
+    assert kept_channels(1024, 0.95, round_to=8, min_density=0.05) == 56
+
+
+@pytest.mark.parametrize("args", [(0, 0.5, 1), (8, 1.5, 1), (8, 0.5, 0)])
+def test_kept_channels_refuses_impossible_arguments(args) -> None:
+    channels, sparsity, round_to = args
+    with pytest.raises(ValueError):
+        kept_channels(channels, sparsity, round_to=round_to)

@@ -17,6 +17,7 @@ def sample_policy() -> Policy:
         target_sparsity=None,
         layer_sparsity={"features.0": 0.25, "classifier.0": 0.75},
         exclude=["classifier.2"],
+        round_to=8,
         schedule=ScheduleSettings(shape="cubic", steps=4),
         finetune=FinetuneSettings(epochs=0.5, lr=0.01, optimizer="adam", distill=True),
         seed=7,
@@ -75,3 +76,14 @@ def test_flat_keys_for_tracking() -> None:
 def test_summary_mentions_the_essentials() -> None:
     text = Policy(target_sparsity=0.9).summary()
     assert "magnitude" in text and "s=0.90" in text
+
+
+def test_round_to_defaults_to_no_rounding_and_refuses_zero() -> None:
+    assert Policy().round_to == 1
+    with pytest.raises(AutopruneError, match="round_to"):
+        Policy.from_dict({"granularity": "channel", "round_to": 0})
+
+
+def test_summary_names_channel_rounding() -> None:
+    assert "round_to=8" in Policy(granularity="channel", round_to=8).summary()
+    assert "round_to" not in Policy(granularity="unstructured", round_to=8).summary()

@@ -99,3 +99,12 @@ def test_works_with_model_based_sampler(sampler: optuna.samplers.BaseSampler) ->
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
     study.optimize(lambda t: (suggester.policy(t).target_sparsity or 0.5, 0.0), n_trials=15)
     assert len(study.trials) == 15
+
+
+def test_round_to_only_for_channel_pruning() -> None:
+    space, layers, samples = sample({"granularity": ["unstructured", "channel"], "round_to": {"choices": [1, 8]}})
+    assert search_dimensions(space, layers)["round_to"] == "{1, 8}"
+    for params, policy in samples:
+        assert ("round_to" in params) == (policy.granularity == "channel")
+        assert policy.round_to == params.get("round_to", 1)
+    assert {policy.round_to for _, policy in samples if policy.granularity == "channel"} == {1, 8}

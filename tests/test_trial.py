@@ -67,6 +67,15 @@ def test_channel_pruning_on_a_cnn(cnn_ctx) -> None:
     assert result.model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_round_to_keeps_multiples_of_it_in_every_pruned_layer(cnn_ctx) -> None:
+    # channels 8/16, hidden 32 at 30 %: 6/11/22 unrounded, 8/8/24 with round_to 8.
+    result = run_trial(policy(granularity="channel", scorer="l2", target_sparsity=0.3, round_to=8,
+                              schedule=ScheduleSettings(shape="linear", steps=2)), cnn_ctx)
+    layers = prunable_layers(result.model)
+    assert [layers[n].weight.shape[0] for n in ("features.0", "features.4", "classifier.0")] == [8, 8, 24]
+    assert layers["classifier.2"].out_features == 10
+
+
 @pytest.mark.parametrize("shape, regrows", [("dynamic", True), ("cubic", False)])
 def test_only_dynamic_lets_pruned_weights_return(digits_ctx, shape: str, regrows: bool) -> None:
     result = run_trial(policy(scorer="magnitude", target_sparsity=0.8,
