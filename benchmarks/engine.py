@@ -13,9 +13,11 @@ for Fashion-MNIST-shaped input ``(1, 28, 28)``, 10 classes:
   :func:`autoprune.prune.remove_masks`. Counted MACs do not change (dense kernels); the
   table compares the speedup with the reduction of *non-zero* MACs, what a sparse kernel
   could at best skip.
+* **channel, round_to 8**: the same targets with every kept count a multiple of 8, as a
+  policy with ``round_to: 8`` gives (:func:`autoprune.allocation.kept_channels`).
 * **floor**: every layer cut to one channel. Its latency is what is left when the
   arithmetic is nearly gone (per-layer framework overhead), the part channel removal cannot
-  shrink; it explains ratios below target.
+  shrink; it says which targets are within reach at all (``_engine_report.py``).
 
 Each dense/pruned pair is timed by :func:`autoprune.measure.measure_latency_pair` (runs
 interleaved, median of ``repeats``, one thread) at batch 1 and batch 256; the whole set of
@@ -60,21 +62,19 @@ from torch import Tensor, nn
 
 torch.set_num_threads(1)
 
-from autoprune.allocation import channels_to_keep, masks_from_scores  # noqa: E402
+from autoprune.allocation import channels_to_keep, kept_channels, masks_from_scores  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.measure import PRUNABLE_TYPES, deployed_forms, macs, time_deployed  # noqa: E402
 from autoprune.models import build_model, example_input, output_layer_name, prunable_layers  # noqa: E402
 from autoprune.prune import apply_masks, remove_channels, remove_masks  # noqa: E402
 from autoprune.scorers import SCORERS, make_scorer  # noqa: E402
 from _common import git_commit, machine  # noqa: E402  (benchmarks/_common.py)
+from _engine_report import ALIGN, BATCH_SIZES, TARGET_RATIO, add_reach, markdown, misses  # noqa: E402
 
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 CHANNEL_TARGETS = (0.5, 0.75)
-ALIGN = 8  # AVX2: 8 float32 lanes; channels_last kernels vectorise over channels
 UNSTRUCTURED_SPARSITY = 0.9
-TARGET_RATIO = 0.7
-BATCH_SIZES = (1, 256)
 SEED = 0
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,19 +174,15 @@ def fraction_for(dense: nn.Module, target: float, steps: int = 20) -> float:
 
 
 def aligned_counts(dense: nn.Module, fraction: float) -> dict[str, int]:
-    """Kept channels per non-output layer for ``fraction`` removed, rounded to multiples of ``ALIGN``.
+    """Kept channels per non-output layer for ``fraction`` removed under a policy's ``round_to: ALIGN``.
 
-    A layer with at least ``ALIGN`` channels keeps a positive multiple of ``ALIGN``; a
-    narrower one (LeNet-5's 6-channel conv) keeps ``round(C·(1−fraction))``, at least one.
+    :func:`autoprune.allocation.kept_channels`, what a trial uses: a layer with at least
+    ``ALIGN`` channels keeps a positive multiple of ``ALIGN``; a narrower one (LeNet-5's
+    6-channel conv) keeps its unrounded count, at least one.
     """
-    counts = {}
-    for name, layer in prunable_layers(dense).items():
-        if name == output_layer_name(dense):
-            continue
-        channels = int(layer.weight.shape[0])
-        kept = channels * (1.0 - fraction)
-        counts[name] = max(ALIGN, ALIGN * round(kept / ALIGN)) if channels >= ALIGN else max(1, round(kept))
-    return counts
+    output = output_layer_name(dense)
+    return {name: kept_channels(int(layer.weight.shape[0]), fraction, round_to=ALIGN)
+            for name, layer in prunable_layers(dense).items() if name != output}
 
 
 def aligned_pruned(dense: nn.Module, target: float) -> tuple[nn.Module, float]:
@@ -432,6 +428,7 @@ def benchmark_models(settings: Settings) -> dict[str, dict]:
                 str(batch): summarize(timings[name][key][batch], variant["mac_reduction"])
                 for batch in BATCH_SIZES
             }
+    add_reach(results)
     profiles = profile_models(built, results, settings)
     for name, result in results.items():
         result["profile"] = profiles[name]
@@ -470,246 +467,6 @@ def benchmark_scorers(settings: Settings) -> dict[str, dict]:
     return results
 
 
-# --------------------------------------------------------------------------- report
-
-
-def _speedup_cell(stats: Mapping[str, float]) -> str:
-    return f"{stats['speedup']:.2f}× ({stats['speedup_min']:.2f}–{stats['speedup_max']:.2f})"
-
-
-def _verdict(variant: Mapping) -> str:
-    if variant["pruning"] != "channel":
-        return "n/a (≈1.0× expected)"
-    met = [f"b{b} {'yes' if variant['latency'][str(b)]['ratio'] >= TARGET_RATIO else 'no'}" for b in BATCH_SIZES]
-    return ", ".join(met)
-
-
-def _label(variant: Mapping) -> str:
-    if variant["pruning"] == "unstructured":
-        return f"unstructured {variant['sparsity']:.0%} ({variant['scorer']})"
-    if variant.get("aligned"):
-        return f"channel ~{variant['channel_fraction']:.0%}, counts ×{variant['aligned']} (l2)"
-    return f"channel {variant['channel_fraction']:.1%} per layer (l2)"
-
-
-def _widths(variant: Mapping) -> str:
-    """The kept channels of the non-output layers, e.g. ``22/45/90``."""
-    return "/".join(str(c) for c in list(variant["channels"].values())[:-1])
-
-
-def _short_layout(layout: str) -> str:
-    return {"channels_last": "NHWC", "contiguous": "NCHW"}.get(layout, layout)
-
-
-def _op_short(key: str) -> str:
-    return key.removeprefix("aten::")
-
-
-def _reasons(variant: Mapping, dense: Mapping, pruned: Mapping, floor_share: float,
-             aligned: Mapping | None) -> list[str]:
-    """Which of four causes a below-target ratio shows, each with its numbers.
-
-    ``dense``/``pruned`` are :func:`op_profile` results, ``floor_share`` the share of the
-    dense latency that the 1-channel floor keeps, ``aligned`` the ``×ALIGN`` sibling's
-    latency stats at the same batch (``None`` for an aligned variant).
-    """
-    reduction = variant["mac_reduction"]
-    ratio = variant["latency"][str(pruned["batch"])]["ratio"]
-    mac_speedup = dense["mac_ops_ms"] / pruned["mac_ops_ms"]
-    other_speedup = dense["other_ops_ms"] / pruned["other_ops_ms"]
-    other_share = dense["other_ops_ms"] / (dense["mac_ops_ms"] + dense["other_ops_ms"])
-    reasons = []
-    if floor_share >= 0.5:
-        reasons.append(f"fixed per-op overhead: the 1-channel floor keeps {floor_share:.0%} of dense latency")
-    if mac_speedup < TARGET_RATIO * reduction:
-        reasons.append(f"the conv/matmul kernels themselves gain only {mac_speedup:.2f}× (narrow layers run "
-                       "below the kernels' efficiency)")
-    if other_share >= 0.2 and other_speedup < TARGET_RATIO * reduction:
-        reasons.append(f"non-MAC ops ({_op_short(dense['top_other'][0][0])} first) take {other_share:.0%} of "
-                       f"dense time and shrink with the channel count, not with MACs ({other_speedup:.2f}×)")
-    odd = [c for c in list(variant["channels"].values())[:-1] if c % ALIGN and c > ALIGN]
-    if aligned is not None and odd and pruned["layout"] == "channels_last" and aligned["ratio"] >= ratio + 0.05:
-        reasons.append(f"kept channel counts {', '.join(map(str, odd))} are not multiples of {ALIGN}: channels_last "
-                       f"kernels vectorise {ALIGN} channels at a time and run the remainder scalar (the ×{ALIGN} "
-                       f"row of this target reaches ratio {aligned['ratio']:.2f})")
-    return reasons or ["no single cause stands out in the profile"]
-
-
-def misses(results: Mapping[str, dict]) -> list[str]:
-    """One line per channel result below the target ratio, with the evident causes.
-
-    Causes looked for (see :func:`_reasons`): fixed per-op overhead (the 1-channel floor),
-    conv/matmul kernels gaining less than their MACs fall, pooling/activation ops, whose
-    work falls with the channel count while MACs fall about with its square, and channel
-    counts that are not multiples of the vector width.
-    """
-    lines = []
-    for model, result in results.items():
-        for key, variant in result["variants"].items():
-            if variant["pruning"] != "channel" or key == "floor":
-                continue
-            for batch in BATCH_SIZES:
-                stats = variant["latency"][str(batch)]
-                if stats["ratio"] >= TARGET_RATIO:
-                    continue
-                dense, pruned = result["profile"]["dense"][str(batch)], result["profile"][key][str(batch)]
-                floor_share = 1.0 / result["variants"]["floor"]["latency"][str(batch)]["speedup"]
-                sibling = result["variants"].get(f"{key}_x{ALIGN}") if not variant.get("aligned") else None
-                aligned = sibling["latency"][str(batch)] if sibling else None
-                why = "; ".join(_reasons(variant, dense, pruned, floor_share, aligned))
-                lines.append(
-                    f"{model} {key} batch {batch}: ratio {stats['ratio']:.2f} (speedup {stats['speedup']:.2f}× "
-                    f"for {variant['mac_reduction']:.2f}× fewer MACs). Why: {why}."
-                )
-    return lines
-
-
-def summary(report: Mapping) -> list[str]:
-    """The verdict in two sentences: where the target is met, and what deploying did to dense latency."""
-    met, total = [], 0
-    for model, result in report["models"].items():
-        for key, v in result["variants"].items():
-            if v["pruning"] != "channel" or key == "floor":
-                continue
-            for b in BATCH_SIZES:
-                total += 1
-                if v["latency"][str(b)]["ratio"] >= TARGET_RATIO:
-                    met.append(f"{model} {key} b{b} ({v['latency'][str(b)]['ratio']:.2f})")
-    dense = [
-        f"{model} {_ms(first['1']['trained_form_dense_latency_ms'])} → {_ms(first['1']['dense_latency_ms'])} at b1, "
-        f"{_ms(first['256']['trained_form_dense_latency_ms'])} → {_ms(first['256']['dense_latency_ms'])} at b256"
-        for model, result in report["models"].items()
-        for first in [next(iter(result["variants"].values()))["latency"]]
-    ]
-    return [
-        f"**Verdict:** ratio ≥ {TARGET_RATIO} in {len(met)} of {total} channel cases"
-        + (f": {', '.join(met)}." if met else ".") + " The others are listed under *Below target* with their causes.",
-        f"Deploying made the dense models themselves faster ({'; '.join(dense)}), mostly by running pooling in "
-        "channels_last; the pruned models gain less from it, so ratios against the deployed dense model are lower "
-        "than against the training form (last column).",
-    ]
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
-
-
-def markdown(report: Mapping) -> str:
-    """The summary tables of ``report`` as markdown."""
-    settings = report["settings"]
-    rows = [
-        "| model | pruning | kept channels | MACs removed | MAC reduction | speedup b1 | ratio b1 | speedup b256 "
-        "| ratio b256 | target met (ratio ≥ 0.7)? | training-form ratio b1 / b256 (before) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    latency_rows = [
-        "| model | pruning | dense b1 ms | pruned b1 ms | dense b256 ms | pruned b256 ms | layouts b1 / b256 "
-        "(dense, pruned) | training form: dense b1 / b256 ms |",
-        "|---|---|---:|---:|---:|---:|---|---|",
-    ]
-    for model, result in report["models"].items():
-        for key, v in result["variants"].items():
-            b1, b256 = v["latency"]["1"], v["latency"]["256"]
-            label = "floor: 1 channel per layer" if key == "floor" else _label(v)
-            verdict = "(reference)" if key == "floor" else _verdict(v)
-            rows.append(
-                f"| {model} | {label} | {_widths(v)} | {v['macs_removed']:.1%} | {v['mac_reduction']:.2f}× | "
-                f"{_speedup_cell(b1)} | {b1['ratio']:.2f} | {_speedup_cell(b256)} | {b256['ratio']:.2f} | {verdict} | "
-                f"{b1['trained_form_ratio']:.2f} / {b256['trained_form_ratio']:.2f} |"
-            )
-            latency_rows.append(
-                f"| {model} | {label} | {b1['dense_latency_ms']:.3f} | {b1['latency_ms']:.3f} | "
-                f"{b256['dense_latency_ms']:.2f} | {b256['latency_ms']:.2f} | "
-                f"{_short_layout(b1['dense_layout'])}, {_short_layout(b1['layout'])} / "
-                f"{_short_layout(b256['dense_layout'])}, {_short_layout(b256['layout'])} | "
-                f"{b1['trained_form_dense_latency_ms']:.3f} / {b256['trained_form_dense_latency_ms']:.2f} |"
-            )
-    profile_rows = [
-        "| model | pruning | batch | layouts | conv/matmul ms dense → pruned | other ops ms dense → pruned "
-        "| other share of dense | costliest other ops (dense, ms) |",
-        "|---|---|---:|---|---|---|---:|---|",
-    ]
-    for model, result in report["models"].items():
-        for key, by_batch in result["profile"].items():
-            if key == "dense":
-                continue
-            for batch, pruned in by_batch.items():
-                dense = result["profile"]["dense"][batch]
-                share = dense["other_ops_ms"] / (dense["mac_ops_ms"] + dense["other_ops_ms"])
-                top = ", ".join(f"{_op_short(op)} {ms:.3g}" for op, ms in dense["top_other"])
-                profile_rows.append(
-                    f"| {model} | {key} | {batch} | {_short_layout(dense['layout'])}, "
-                    f"{_short_layout(pruned['layout'])} | {dense['mac_ops_ms']:.3g} → {pruned['mac_ops_ms']:.3g} "
-                    f"({dense['mac_ops_ms'] / pruned['mac_ops_ms']:.2f}×) | {dense['other_ops_ms']:.3g} → "
-                    f"{pruned['other_ops_ms']:.3g} ({dense['other_ops_ms'] / pruned['other_ops_ms']:.2f}×) | "
-                    f"{share:.0%} | {top} |"
-                )
-    scorer_rows = [
-        "| scorer | needs data | channel_scores ms | weight_scores ms |",
-        "|---|---|---:|---:|",
-    ]
-    for name, s in report["scorers"].items():
-        scorer_rows.append(
-            f"| {name} | {'yes' if s['needs_data'] else 'no'} | {s['channel_scores']['median_ms']:.2f} | "
-            f"{s['weight_scores']['median_ms']:.2f} |"
-        )
-    m = report["machine"]
-    n_batches, batch_size = settings["calibration"]
-    miss_lines = [f"- {line}" for line in report["misses"]] or ["- none"]
-    return "\n".join([
-        "# Engine benchmark: speedup vs MAC reduction, scorer cost",
-        "",
-        f"Command: `{report['command']}` (cwd `{report['cwd']}`), {report['date']}, "
-        f"commit `{report['git_commit']}`.",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}, torch {m['torch']}, "
-        f"1 torch thread. Load average at start/end: {report['loadavg_start']} / {report['loadavg_end']}.",
-        "",
-        *summary(report),
-        "",
-        "Models built by `build_model` for input (1, 28, 28), 10 classes, seeded random weights, "
-        "**not trained** (latency does not depend on weight values). Channel rows: one uniform fraction "
-        "of output channels removed from every layer but the output layer (kept by `l2`, removed with "
-        "`remove_channels`), fraction found by bisection on `measure.macs` for ~50% / ~75% of MACs. "
-        f"'counts ×{ALIGN}' rows: the same targets with every kept count rounded to a multiple of {ALIGN} "
-        "(the AVX2 vector width; layers narrower than that are rounded to whole channels), fraction scanned "
-        "for the closest MACs. Unstructured row: 90% of each layer's weights masked by magnitude and baked by "
-        "`remove_masks`; its MAC columns count non-zero MACs (counted dense MACs are unchanged). Floor row: "
-        "every layer cut to one channel, the latency left when the arithmetic is nearly gone.",
-        "",
-        "**Timing is of the deployed form** (`autoprune.measure.time_deployed`, what trials, retime and export "
-        "report): a copy in eval mode with batch norm folded into the conv before it, under "
-        "`torch.inference_mode`, in whichever memory format (NCHW or channels_last = NHWC) a short "
-        "interleaved probe finds faster for that model. Speedup = dense / pruned latency, both deployed, runs "
-        f"interleaved, median of {settings['repeats']['1']} runs at batch 1 and {settings['repeats']['256']} at "
-        f"batch 256 ({settings['warmup']} warmup per form), median over {settings['rounds']} rounds, "
-        "(min–max over rounds). ratio = speedup / MAC reduction. The last column is the same ratio with both "
-        "models timed in the training-time form (eval, batch norm unfolded, NCHW), measured in the same rounds: "
-        "how the previous version of this benchmark timed them.",
-        "",
-        *rows,
-        "",
-        "Latency (median over rounds):",
-        "",
-        *latency_rows,
-        "",
-        f"Where the time goes (torch.profiler self CPU time per forward of the deployed form in the layout "
-        f"its timing chose, {settings['profile_runs']['1']} forwards at batch 1, {settings['profile_runs']['256']} "
-        "at batch 256; includes profiler overhead, so for explanation only):",
-        "",
-        *profile_rows,
-        "",
-        "Below target:",
-        "",
-        *miss_lines,
-        "",
-        f"## Time per scorer call (small_cnn, {n_batches} calibration batches of {batch_size}, "
-        f"median of {settings['scorer_calls']} calls after one untimed)",
-        "",
-        *scorer_rows,
-        "",
-    ])
-
-
 def run(settings: Settings, out: Path, argv: Sequence[str]) -> dict:
     """Run the benchmark, write ``engine.json`` and ``engine.md`` into ``out``, return the report."""
     started = time.perf_counter()
@@ -722,7 +479,8 @@ def run(settings: Settings, out: Path, argv: Sequence[str]) -> dict:
         "loadavg_start": [round(v, 2) for v in os.getloadavg()],
         "settings": {**asdict(settings), "repeats": {str(b): r for b, r in settings.repeats.items()},
                      "profile_runs": {str(b): r for b, r in settings.profile_runs.items()},
-                     "batch_sizes": list(BATCH_SIZES), "target_ratio": TARGET_RATIO, "seed": SEED},
+                     "batch_sizes": list(BATCH_SIZES), "target_ratio": TARGET_RATIO, "round_to": ALIGN,
+                     "seed": SEED},
         "weights": "random init (torch.manual_seed(0)), not trained: latency does not depend on weight values",
     }
     report["models"] = benchmark_models(settings)

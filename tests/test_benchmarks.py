@@ -34,6 +34,22 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
     for timing in report["scorers"].values():
         assert timing["channel_scores"]["median_ms"] > 0 and timing["weight_scores"]["median_ms"] > 0
     assert "| lenet5 |" in (tmp_path / "engine.md").read_text()
+    aligned = variants["channel_50_x8"]["channels"]
+    assert all(count % 8 == 0 for name, count in aligned.items() if name in ("classifier.0", "classifier.2"))
+    assert set(variants["channel_50"]["latency"]["1"]["reach"]) >= {"floor_allows", "proportional_bound"}
+
+
+def test_engine_reach_from_the_floor() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _engine_report import reach
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # The floor keeps half the dense latency: at 2x fewer MACs the proportional ratio is 2/3.
+    half = reach(floor_speedup=2.0, mac_reduction=2.0)
+    assert half["floor_allows"] and half["needed_speedup"] == 1.4
+    assert math.isclose(half["proportional_bound"], 2 / 3)
+    assert not reach(floor_speedup=2.0, mac_reduction=4.0)["floor_allows"]  # needs 2.8x, the floor gives 2x
 
 
 def test_overhead_smoke_runs_enqueued_policies_and_reports_finite_ratios(tmp_path: Path) -> None:
