@@ -28,11 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,6 +39,7 @@ import yaml
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.onnx_export import export_onnx, onnx_max_abs_diff
 from autoprune.models import build_model, example_input, output_layer_name, prunable_layers
 from autoprune.policy import Policy
 
@@ -103,51 +101,6 @@ def rebuild_architecture(model: nn.Module, layer_channels: Mapping[str, int], in
         raise AutopruneError(f"{where}: cannot rebuild the pruned architecture: layer {name!r} ends with "
                              f"{reached.get(name)} channels, expected {layer_channels[name]}")
     return clone
-
-
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
-    """Write ``model`` (eval mode, CPU) as ONNX with a dynamic batch dimension, quietly.
-
-    Uses the ``torch.export``-based exporter (``dynamo=True``); ``example`` is a batch of at
-    least two inputs (a batch of one would fix the batch size).
-    """
-    model = copy.deepcopy(model).cpu().eval()
-    if len(example) < 2:
-        example = torch.cat([example, example])
-    chatter = io.StringIO()
-    quiet = ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")
-    levels = {name: logging.getLogger(name).level for name in quiet}
-    try:
-        for name in quiet:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (example.cpu(),), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types; the user gets one line
-        raise AutopruneError(f"{path}: ONNX export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
-    """Largest absolute difference between onnxruntime's and torch's logits on ``inputs``."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    model = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad():
-        expected = model(inputs.cpu()).numpy()
-    actual = session.run(["logits"], {"input": inputs.cpu().numpy()})[0]
-    if actual.shape != expected.shape:
-        raise AutopruneError(f"{path}: onnxruntime returned logits of shape {actual.shape}, torch {expected.shape}")
-    return float(abs(actual - expected).max())
 
 
 def check_out_folder(folder: str | Path) -> Path:

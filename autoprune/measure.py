@@ -34,6 +34,13 @@ not with the MACs) were about half of a small CNN's time, which no deployment pa
 caller's model is never changed: folding and layout work on copies (a model with nothing to
 fold and no 2-D convolution is timed as it is, in eval mode, its mode restored after).
 
+With ``runtime="onnxruntime"`` (``latency.runtime`` in a space file) the deployed form is
+instead the model exported to ONNX exactly as ``autoprune export`` writes ``model.onnx``
+(batch norm folded first), run by onnxruntime on the CPU with ``threads`` intra-op threads:
+the latency of that file as served by onnxruntime, whose per-op cost at small batches is a
+fraction of eager torch's. Exporting costs a few seconds per model; the dense model's export
+is cached per process (keyed by its architecture and weights).
+
 A masked layer is recognised by the ``weight_orig`` / ``weight_mask`` pair that both
 :mod:`autoprune.prune` and :mod:`torch.nn.utils.prune` use; its effective weight is their
 product.
@@ -41,14 +48,19 @@ product.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
+import hashlib
 import io
 import math
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -281,6 +293,56 @@ class DeployedTiming:
     candidates: list[str]
 
 
+RUNTIMES = ("torch", "onnxruntime")
+_ONNX_CACHE: dict[str, Path] = {}
+
+
+def _onnx_file(model: nn.Module, input_shape: Sequence[int]) -> Path:
+    """``model`` (batch norm folded, CPU) exported to ONNX in a per-process temp folder, cached by content."""
+    from autoprune.onnx_export import export_onnx
+    from autoprune.prune import remove_masks
+
+    folded = fold_batch_norm(model).cpu()
+    remove_masks(folded)  # a masked copy becomes an ordinary module with zeros, as exports are
+    digest = hashlib.sha256(repr(folded).encode() + repr(tuple(input_shape)).encode())
+    for name, tensor in folded.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    key = digest.hexdigest()
+    if key not in _ONNX_CACHE or not _ONNX_CACHE[key].is_file():
+        folder = Path(tempfile.mkdtemp(prefix="autoprune-onnx-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        path = folder / "model.onnx"
+        export_onnx(folded, path, torch.randn(2, *input_shape))
+        _ONNX_CACHE[key] = path
+    return _ONNX_CACHE[key]
+
+
+def _onnx_timer(model: nn.Module, example: Tensor, threads: int) -> Callable[[], float]:
+    """A function running ``model``'s exported ONNX file on ``example`` in onnxruntime, returning ms."""
+    from autoprune.onnx_export import onnx_session
+
+    session = onnx_session(_onnx_file(model, tuple(example.shape[1:])), threads=threads)
+    feed = {"input": example.detach().cpu().numpy()}
+
+    def run() -> float:
+        start = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - start) * 1000.0
+
+    return run
+
+
+def _time_onnx(models: Sequence[nn.Module], example: Tensor, *, warmup: int, repeats: int,
+               threads: int) -> list[DeployedTiming]:
+    runs = [_onnx_timer(model, example, threads) for model in models]
+    for _ in range(max(1, warmup)):
+        for run in runs:
+            run()
+    times = _interleaved(runs, repeats)
+    return [DeployedTiming(statistics.median(series), "onnxruntime", ["onnxruntime"]) for series in times]
+
+
 def _interleaved(runs: Sequence[Callable[[], float]], repeats: int) -> list[list[float]]:
     """``repeats`` timed rounds over ``runs``, order alternating each round; ms per run."""
     times: list[list[float]] = [[] for _ in runs]
@@ -316,6 +378,7 @@ def time_deployed(
     repeats: int = 50,
     threads: int = 1,
     device: str | torch.device | None = None,
+    runtime: str = "torch",
 ) -> list[DeployedTiming]:
     """Median forward ms of each model's deployed form, the models' timed runs interleaved.
 
@@ -325,9 +388,20 @@ def time_deployed(
     hit all models alike. Everything runs with ``threads`` torch threads (restored after),
     under :func:`torch.inference_mode`, on ``device`` (default: the first model's device).
     The models passed in are not changed (their train/eval flag is restored).
+
+    ``runtime="onnxruntime"`` times each model's exported ONNX file in onnxruntime on the CPU
+    instead (module docstring), whatever ``device`` says; ``layout`` is then ``onnxruntime``.
     """
     if repeats < 1 or warmup < 0 or batch_size < 1:
         raise ValueError("need repeats >= 1, warmup >= 0 and batch_size >= 1")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        with contextlib.ExitStack() as stack:
+            for model in models:
+                stack.enter_context(_eval_mode(model))
+            return _time_onnx(models, torch.randn(batch_size, *input_shape), warmup=warmup, repeats=repeats,
+                              threads=threads)
     target = torch.device(device) if device is not None else _device(models[0])
     example = torch.randn(batch_size, *input_shape, device=target)
     with contextlib.ExitStack() as stack:
@@ -355,6 +429,7 @@ def measure_latency(
     repeats: int = 50,
     threads: int = 1,
     device: str | torch.device | None = None,
+    runtime: str = "torch",
 ) -> float:
     """``latency_ms``: median forward time in milliseconds of ``model`` as deployed.
 
@@ -365,10 +440,12 @@ def measure_latency(
         repeats: timed passes; the median resists outliers from other processes.
         threads: torch intra-op threads during the measurement, restored afterwards.
         device: where to run; default the model's device. A model elsewhere is copied there.
+        runtime: ``torch`` (the deployed torch form) or ``onnxruntime`` (the exported ONNX
+            file in onnxruntime, on the CPU).
     """
     return time_deployed(
         [model], input_shape, batch_size=batch_size, warmup=warmup, repeats=repeats,
-        threads=threads, device=device,
+        threads=threads, device=device, runtime=runtime,
     )[0].latency_ms
 
 
@@ -382,6 +459,7 @@ def measure_latency_pair(
     repeats: int = 50,
     threads: int = 1,
     device: str | torch.device | None = None,
+    runtime: str = "torch",
 ) -> dict[str, float]:
     """Latency of a dense and a pruned model timed in turn, and their ratio.
 
@@ -393,7 +471,7 @@ def measure_latency_pair(
     """
     dense_timing, pruned_timing = time_deployed(
         [dense, pruned], input_shape, batch_size=batch_size, warmup=warmup, repeats=repeats,
-        threads=threads, device=device,
+        threads=threads, device=device, runtime=runtime,
     )
     dense_ms, pruned_ms = dense_timing.latency_ms, pruned_timing.latency_ms
     speedup = dense_ms / pruned_ms if pruned_ms > 0 else math.inf

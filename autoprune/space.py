@@ -164,6 +164,7 @@ class LatencySpec(_Section):
     threads: int = Field(1, ge=1, le=1024)
     repeats: int = Field(100, ge=1, le=100_000)
     warmup: int = Field(10, ge=0, le=100_000)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
 
 
 class ConstraintsSpec(_Section):

@@ -401,6 +401,7 @@ def _measure(run: _Run) -> dict[str, float]:
         repeats=latency.repeats,
         threads=latency.threads,
         device=context.device,
+        runtime=latency.runtime,
     )
     metrics.update(
         accuracy=accuracy,

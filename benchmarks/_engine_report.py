@@ -37,7 +37,8 @@ def reach(floor_speedup: float, mac_reduction: float, target: float = TARGET_RAT
 
 
 def add_reach(results: Mapping[str, dict]) -> None:
-    """Store :func:`reach` under ``latency[batch]["reach"]`` of every channel variant but the floor."""
+    """Store :func:`reach` under ``latency[batch]["reach"]`` (and ``["onnxruntime"]["reach"]``, from
+    the floor in onnxruntime) of every channel variant but the floor."""
     for result in results.values():
         floor = result["variants"]["floor"]["latency"]
         for key, variant in result["variants"].items():
@@ -46,6 +47,8 @@ def add_reach(results: Mapping[str, dict]) -> None:
             for batch in BATCH_SIZES:
                 stats = variant["latency"][str(batch)]
                 stats["reach"] = reach(floor[str(batch)]["speedup"], variant["mac_reduction"])
+                stats["onnxruntime"]["reach"] = reach(floor[str(batch)]["onnxruntime"]["speedup"],
+                                                      variant["mac_reduction"])
 
 
 def _outcome(stats: Mapping) -> str:
@@ -63,18 +66,24 @@ def _speedup_cell(stats: Mapping[str, float]) -> str:
     return f"{stats['speedup']:.2f}× ({stats['speedup_min']:.2f}–{stats['speedup_max']:.2f})"
 
 
-def _verdict(variant: Mapping) -> str:
+def _stats(variant: Mapping, batch: int, runtime: str) -> Mapping:
+    """A variant's latency statistics at ``batch`` in ``runtime`` (``torch`` or ``onnxruntime``)."""
+    stats = variant["latency"][str(batch)]
+    return stats if runtime == "torch" else stats[runtime]
+
+
+def _verdict(variant: Mapping, runtime: str = "torch") -> str:
     if variant["pruning"] != "channel":
         return "n/a (≈1.0× expected)"
     words = {"met": "yes", "floor": "no, floor", "bound": "no, bound", "missed": "**no**"}
-    return "; ".join(f"b{b} {words[_outcome(variant['latency'][str(b)])]}" for b in BATCH_SIZES)
+    return "; ".join(f"b{b} {words[_outcome(_stats(variant, b, runtime))]}" for b in BATCH_SIZES)
 
 
-def _reach_cell(variant: Mapping) -> str:
+def _reach_cell(variant: Mapping, runtime: str = "torch") -> str:
     """``needed × (floor ×) / bound`` at both batch sizes, e.g. ``1.41 (2.26) / 0.69``."""
     cells = []
     for b in BATCH_SIZES:
-        r = variant["latency"][str(b)]["reach"]
+        r = _stats(variant, b, runtime)["reach"]
         cells.append(f"{r['needed_speedup']:.2f}× ({r['floor_speedup']:.2f}×) / {r['proportional_bound']:.2f}")
     return " · ".join(cells)
 
@@ -170,32 +179,54 @@ def _reach_sentence(stats: Mapping) -> str:
     return f"Within reach: the proportional bound is {r['proportional_bound']:.2f}."
 
 
-def summary(report: Mapping) -> list[str]:
-    """The verdict in two sentences: where the target is met, and what deploying did to dense latency."""
+def _cases(report: Mapping, runtime: str) -> dict[str, list[str]]:
+    """The channel cases (model, variant, batch) of ``runtime`` by :func:`_outcome`, as labels."""
     cases: dict[str, list[str]] = {"met": [], "floor": [], "bound": [], "missed": []}
     for model, result in report["models"].items():
         for key, v in result["variants"].items():
             if v["pruning"] != "channel" or key == "floor":
                 continue
             for b in BATCH_SIZES:
-                stats = v["latency"][str(b)]
+                stats = _stats(v, b, runtime)
                 cases[_outcome(stats)].append(f"{model} {key} b{b} ({stats['ratio']:.2f})")
+    return cases
+
+
+def _verdict_sentence(cases: Mapping[str, list[str]], runtime: str) -> str:
     met, total = cases["met"], sum(len(c) for c in cases.values())
-    dense = [
-        f"{model} {_ms(first['1']['trained_form_dense_latency_ms'])} → {_ms(first['1']['dense_latency_ms'])} at b1, "
-        f"{_ms(first['256']['trained_form_dense_latency_ms'])} → {_ms(first['256']['dense_latency_ms'])} at b256"
-        for model, result in report["models"].items()
-        for first in [next(iter(result["variants"].values()))["latency"]]
-    ]
-    return [
-        f"**Verdict:** ratio ≥ {TARGET_RATIO} in {len(met)} of {total} channel cases"
+    return (
+        f"**{runtime}:** ratio ≥ {TARGET_RATIO} in {len(met)} of {total} channel cases"
         + (f": {', '.join(met)}." if met else ".")
-        + f" Of the {total - len(met)} misses, {len(cases['floor'])} cannot reach it on this runtime with any "
+        + f" Of the {total - len(met)} misses, {len(cases['floor'])} cannot reach it in this runtime with any "
         "channel counts (even one channel per layer is not fast enough), "
         f"{len(cases['bound'])} would need latency above that floor to fall faster than MACs, and "
         f"{len(cases['missed'])} are within reach"
         + (f": {', '.join(cases['missed'])}." if cases["missed"] else ".")
-        + " Each is listed under *Below target* with its causes.",
+    )
+
+
+def summary(report: Mapping) -> list[str]:
+    """The verdict per runtime, the cases met in either, and what deploying did to dense latency."""
+    by_runtime = {runtime: _cases(report, runtime) for runtime in ("torch", "onnxruntime")}
+    either = sorted({label.rsplit(" (", 1)[0] for cases in by_runtime.values() for label in cases["met"]})
+    total = sum(len(c) for c in by_runtime["torch"].values())
+    dense = [
+        f"{model} {_ms(first['1']['trained_form_dense_latency_ms'])} → {_ms(first['1']['dense_latency_ms'])} at b1, "
+        f"{_ms(first['256']['trained_form_dense_latency_ms'])} → {_ms(first['256']['dense_latency_ms'])} at b256"
+        f" (onnxruntime {_ms(first['1']['onnxruntime']['dense_latency_ms'])} / "
+        f"{_ms(first['256']['onnxruntime']['dense_latency_ms'])})"
+        for model, result in report["models"].items()
+        for first in [next(iter(result["variants"].values()))["latency"]]
+    ]
+    return [
+        f"**Verdict:** the target is met in {len(either)} of {total} channel cases in at least one runtime"
+        + (f" ({', '.join(either)})." if either else "."),
+        "",
+        _verdict_sentence(by_runtime["torch"], "torch (deployed form)") + " Each is listed under *Below target* "
+        "with its causes.",
+        "",
+        _verdict_sentence(by_runtime["onnxruntime"], "onnxruntime (exported model.onnx)"),
+        "",
         f"Deploying made the dense models themselves faster ({'; '.join(dense)}), mostly by running pooling in "
         "channels_last; the pruned models gain less from it, so ratios against the deployed dense model are lower "
         "than against the training form (last column).",
@@ -217,12 +248,19 @@ def markdown(report: Mapping) -> str:
     ]
     latency_rows = [
         "| model | pruning | dense b1 ms | pruned b1 ms | dense b256 ms | pruned b256 ms | layouts b1 / b256 "
-        "(dense, pruned) | training form: dense b1 / b256 ms |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "(dense, pruned) | training form: dense b1 / b256 ms | onnxruntime: dense / pruned b1 ms "
+        "| onnxruntime: dense / pruned b256 ms |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    onnx_rows = [
+        "| model | pruning | kept channels | MAC reduction | speedup b1 | ratio b1 | speedup b256 | ratio b256 "
+        "| target met (ratio ≥ 0.7)? | reach b1 · b256: needed (floor) / bound |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for model, result in report["models"].items():
         for key, v in result["variants"].items():
             b1, b256 = v["latency"]["1"], v["latency"]["256"]
+            o1, o256 = b1["onnxruntime"], b256["onnxruntime"]
             label = "floor: 1 channel per layer" if key == "floor" else _label(v)
             verdict = "(reference)" if key == "floor" else _verdict(v)
             reach_cell = _reach_cell(v) if "reach" in b1 else ""
@@ -237,7 +275,15 @@ def markdown(report: Mapping) -> str:
                 f"{b256['dense_latency_ms']:.2f} | {b256['latency_ms']:.2f} | "
                 f"{_short_layout(b1['dense_layout'])}, {_short_layout(b1['layout'])} / "
                 f"{_short_layout(b256['dense_layout'])}, {_short_layout(b256['layout'])} | "
-                f"{b1['trained_form_dense_latency_ms']:.3f} / {b256['trained_form_dense_latency_ms']:.2f} |"
+                f"{b1['trained_form_dense_latency_ms']:.3f} / {b256['trained_form_dense_latency_ms']:.2f} | "
+                f"{o1['dense_latency_ms']:.3f} / {o1['latency_ms']:.3f} | "
+                f"{o256['dense_latency_ms']:.2f} / {o256['latency_ms']:.2f} |"
+            )
+            onnx_verdict = "(reference)" if key == "floor" else _verdict(v, "onnxruntime")
+            onnx_reach = _reach_cell(v, "onnxruntime") if "reach" in o1 else ""
+            onnx_rows.append(
+                f"| {model} | {label} | {_widths(v)} | {v['mac_reduction']:.2f}× | {_speedup_cell(o1)} | "
+                f"{o1['ratio']:.2f} | {_speedup_cell(o256)} | {o256['ratio']:.2f} | {onnx_verdict} | {onnx_reach} |"
             )
     profile_rows = [
         "| model | pruning | batch | layouts | conv/matmul ms dense → pruned | other ops ms dense → pruned "
@@ -309,6 +355,13 @@ def markdown(report: Mapping) -> str:
         "needs latency to fall faster than MACs ('no, bound'). A bold **no** is a miss within reach.",
         "",
         *rows,
+        "",
+        "**The same cases in onnxruntime**: each model exported as `autoprune export` writes `model.onnx` "
+        "(batch norm folded; `torch.onnx.export(dynamo=True)`) and run by onnxruntime on the CPU with one "
+        "intra-op thread, all graph optimisations, dense and pruned interleaved in the same rounds "
+        "(`latency.runtime: onnxruntime`); reach from the floor's onnxruntime timing.",
+        "",
+        *onnx_rows,
         "",
         "Latency (median over rounds):",
         "",

@@ -20,7 +20,9 @@ for Fashion-MNIST-shaped input ``(1, 28, 28)``, 10 classes:
   shrink; it says which targets are within reach at all (``_engine_report.py``).
 
 Each dense/pruned pair is timed by :func:`autoprune.measure.measure_latency_pair` (runs
-interleaved, median of ``repeats``, one thread) at batch 1 and batch 256; the whole set of
+interleaved, median of ``repeats``, one thread) at batch 1 and batch 256, in both runtimes a
+space can ask for (``latency.runtime``): the deployed torch form and the exported ONNX file
+in onnxruntime (what ``autoprune export`` writes as ``model.onnx``); the whole set of
 pairs is repeated for several rounds and the median of the rounds' speedups is reported
 with its min–max spread. ratio = speedup / MAC reduction; the target is ratio ≥ 0.7.
 Where the target is missed, a :mod:`torch.profiler` split of each forward into
@@ -266,14 +268,17 @@ def describe(dense: nn.Module, pruned: nn.Module, info: dict) -> dict:
 # --------------------------------------------------------------------------- timing
 
 
-def deployed_pair(dense: nn.Module, pruned: nn.Module, batch: int, settings: Settings) -> dict:
+def deployed_pair(dense: nn.Module, pruned: nn.Module, batch: int, settings: Settings,
+                  runtime: str = "torch") -> dict:
     """Dense and pruned latency as the product times them (:func:`autoprune.measure.time_deployed`).
 
-    Both models run in their deployed form (eval, batch norm folded, the faster memory
-    format), interleaved, one thread; the chosen layouts are recorded.
+    With ``runtime="torch"`` both models run in their deployed torch form (eval, batch norm
+    folded, the faster memory format); with ``"onnxruntime"`` as the exported ONNX file in
+    onnxruntime (``latency.runtime: onnxruntime``). Interleaved, one thread; the chosen
+    layouts are recorded.
     """
     d, p = time_deployed([dense, pruned], INPUT_SHAPE, batch_size=batch, warmup=settings.warmup,
-                         repeats=settings.repeats[batch], threads=1)
+                         repeats=settings.repeats[batch], threads=1, runtime=runtime)
     return {"dense_latency_ms": d.latency_ms, "latency_ms": p.latency_ms, "speedup": d.latency_ms / p.latency_ms,
             "dense_layout": d.layout, "layout": p.layout}
 
@@ -319,6 +324,7 @@ def time_pairs(
                 for key, model_pruned in pruned.items():
                     timing = deployed_pair(dense, model_pruned, batch, settings)
                     timing["trained_form"] = trained_form_pair(dense, model_pruned, batch, settings)
+                    timing["onnxruntime"] = deployed_pair(dense, model_pruned, batch, settings, "onnxruntime")
                     rounds[model][key][batch].append(timing)
     return rounds
 
@@ -326,12 +332,14 @@ def time_pairs(
 def summarize(per_round: Sequence[Mapping], mac_reduction: float) -> dict:
     """Median over rounds of the speedup and latencies, the speedup's spread, the ratio.
 
-    Also the training-form speedup and ratio (median over rounds) and the layouts the
-    deployed timing chose (most frequent over rounds).
+    Also the training-form speedup and ratio (median over rounds), the layouts the deployed
+    timing chose (most frequent over rounds) and the same statistics in onnxruntime.
     """
     speedups = [r["speedup"] for r in per_round]
     speedup = statistics.median(speedups)
     trained = statistics.median(r["trained_form"]["speedup"] for r in per_round)
+    onnx = [r["onnxruntime"] for r in per_round]
+    onnx_speedups = [r["speedup"] for r in onnx]
     return {
         "speedup": speedup,
         "speedup_min": min(speedups),
@@ -345,6 +353,14 @@ def summarize(per_round: Sequence[Mapping], mac_reduction: float) -> dict:
         "trained_form_ratio": trained / mac_reduction,
         "trained_form_dense_latency_ms": statistics.median(r["trained_form"]["dense_latency_ms"] for r in per_round),
         "trained_form_latency_ms": statistics.median(r["trained_form"]["latency_ms"] for r in per_round),
+        "onnxruntime": {
+            "speedup": statistics.median(onnx_speedups),
+            "speedup_min": min(onnx_speedups),
+            "speedup_max": max(onnx_speedups),
+            "ratio": statistics.median(onnx_speedups) / mac_reduction,
+            "dense_latency_ms": statistics.median(r["dense_latency_ms"] for r in onnx),
+            "latency_ms": statistics.median(r["latency_ms"] for r in onnx),
+        },
         "rounds": list(per_round),
     }
 

@@ -37,6 +37,8 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
     aligned = variants["channel_50_x8"]["channels"]
     assert all(count % 8 == 0 for name, count in aligned.items() if name in ("classifier.0", "classifier.2"))
     assert set(variants["channel_50"]["latency"]["1"]["reach"]) >= {"floor_allows", "proportional_bound"}
+    onnx = variants["channel_50"]["latency"]["256"]["onnxruntime"]
+    assert math.isfinite(onnx["speedup"]) and onnx["speedup"] > 0 and "reach" in onnx
 
 
 def test_engine_reach_from_the_floor() -> None:

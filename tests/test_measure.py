@@ -205,3 +205,45 @@ def test_masked_models_are_timed_unfolded() -> None:
     folded = fold_batch_norm(model)
     assert any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert not folded.training
+
+
+def test_onnxruntime_times_the_exported_model_and_leaves_the_caller_alone() -> None:
+    from autoprune.measure import time_deployed
+
+    model = conv_bn_net().train()
+    weight = model[0].weight.detach().clone()
+    (timing,) = time_deployed([model], (1, 8, 8), batch_size=2, warmup=1, repeats=3, runtime="onnxruntime")
+    assert timing.layout == "onnxruntime" and timing.candidates == ["onnxruntime"]
+    assert math.isfinite(timing.latency_ms) and timing.latency_ms > 0
+    assert model.training and torch.equal(model[0].weight, weight)
+
+
+def test_onnx_export_for_timing_is_cached_by_architecture_and_weights() -> None:
+    from autoprune.measure import _onnx_file
+
+    model = conv_bn_net().eval()
+    first = _onnx_file(model, (1, 8, 8))
+    assert _onnx_file(conv_bn_net().eval(), (1, 8, 8)) == first  # same seed, same weights: no new export
+    changed = conv_bn_net().eval()
+    with torch.no_grad():
+        changed[0].weight.mul_(2)
+    assert _onnx_file(changed, (1, 8, 8)) != first and first.is_file()
+
+
+def test_masked_model_is_exported_with_its_zeros_for_onnxruntime() -> None:
+    from autoprune.measure import _onnx_file
+    from autoprune.onnx_export import onnx_session
+
+    model = conv_bn_net().eval()
+    mask = torch.zeros(4, 1, 3, 3)
+    apply_masks({"0": model[0]}, {"0": mask})
+    x = torch.randn(3, 1, 8, 8)
+    (logits,) = onnx_session(_onnx_file(model, (1, 8, 8))).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(x), atol=1e-5)
+    assert "weight_orig" in dict(model[0].named_parameters())  # the caller's masks stay
+
+
+def test_unknown_runtime_is_refused() -> None:
+    with pytest.raises(ValueError, match="onnxruntime"):
+        measure_latency(mlp(), (6,), runtime="tensorrt")

@@ -135,3 +135,10 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 def test_copy_of_example_is_independent_of_location(tmp_path: Path) -> None:
     shutil.copy(SPACES / "digits.yaml", tmp_path / "space.yaml")
     assert load_space(tmp_path / "space.yaml").study.name == "digits-mlp"
+
+
+def test_latency_runtime_defaults_to_torch_and_lists_the_allowed_ones() -> None:
+    assert parse_space({}).latency.runtime == "torch"
+    assert parse_space({"latency": {"runtime": "onnxruntime"}}).latency.runtime == "onnxruntime"
+    with pytest.raises(AutopruneError, match="latency.runtime: .*'torch' or 'onnxruntime'"):
+        parse_space({"latency": {"runtime": "tensorrt"}})

@@ -76,6 +76,21 @@ def test_round_to_keeps_multiples_of_it_in_every_pruned_layer(cnn_ctx) -> None:
     assert layers["classifier.2"].out_features == 10
 
 
+def test_onnxruntime_latency_times_the_exported_models(cnn_ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoprune.measure as measure
+
+    timed = []
+    real = measure._time_onnx
+    monkeypatch.setattr(measure, "_time_onnx", lambda models, *a, **k: timed.append(len(models)) or real(models, *a, **k))
+    latency = cnn_ctx.latency.model_copy(update={"runtime": "onnxruntime", "repeats": 20})
+    context = dataclasses.replace(cnn_ctx, latency=latency)
+    result = run_trial(policy(granularity="channel", scorer="l2", target_sparsity=0.5), context)
+    assert timed == [2]  # dense and pruned, interleaved, in onnxruntime
+    metrics = result.metrics
+    assert metrics["latency_ms"] > 0 and metrics["dense_latency_ms"] > 0
+    assert metrics["speedup"] == pytest.approx(metrics["dense_latency_ms"] / metrics["latency_ms"])
+
+
 @pytest.mark.parametrize("shape, regrows", [("dynamic", True), ("cubic", False)])
 def test_only_dynamic_lets_pruned_weights_return(digits_ctx, shape: str, regrows: bool) -> None:
     result = run_trial(policy(scorer="magnitude", target_sparsity=0.8,
