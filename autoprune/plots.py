@@ -39,6 +39,7 @@ GROUPS = (  # name, colour, marker size, opacity
     ("infeasible", "#b0b0b0", 6, 0.6),
 )
 BASELINES = ("baselines", "#111111")  # name, colour (drawn as crosses)
+PLOT_FILES = ("pareto.html", "pareto.png")  # what write_plots writes into a study folder
 MAX_PROJECTIONS = 6
 PROJECTION_SIZE = (460, 420)  # pixels (width, height) of each 2-D view
 LABELS = {
@@ -276,7 +277,7 @@ def write_plots(frame: pd.DataFrame, objectives: Mapping[str, str], folder: str 
                 baselines: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """Write ``pareto.html`` and ``pareto.png`` into ``folder`` (baselines drawn when given)."""
     folder = Path(folder)
-    page = write_pareto_html(frame, objectives, folder / "pareto.html", title=title, summaries=summaries,
+    page = write_pareto_html(frame, objectives, folder / PLOT_FILES[0], title=title, summaries=summaries,
                              baselines=baselines)
-    image = write_pareto_png(frame, objectives, folder / "pareto.png", title=title, baselines=baselines)
+    image = write_pareto_png(frame, objectives, folder / PLOT_FILES[1], title=title, baselines=baselines)
     return page, image

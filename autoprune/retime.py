@@ -20,7 +20,10 @@ Optuna study, so they are columns of ``trials.csv`` and ``pareto.csv``, and are 
 trial's MLflow child run. When ``latency_ms`` (or ``speedup``) is an objective the front is
 recomputed with the isolated value in its place wherever one exists (:func:`autoprune.results.trials_frame`);
 a trial that joins the front that way is re-timed too, until every point of the front has
-an isolated value.
+an isolated value. Once anything was re-timed, the study's ``pareto.html``/``pareto.png``
+are redrawn from the new table (:func:`redraw_plots`), and the MLflow parent run gets the
+new ``trials.csv``, ``pareto.csv`` and plots in place of those the search logged before the
+re-timing (:func:`log_isolated`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 import pandas as pd
@@ -65,6 +68,7 @@ class RetimeOutcome:
     architectures: int = 0
     front: list[int] = field(default_factory=list)
     frame: pd.DataFrame | None = None
+    trials: list[optuna.trial.FrozenTrial] = field(default_factory=list)
 
 
 class _Timer:
@@ -86,7 +90,8 @@ class _Timer:
             pruned = rebuild_architecture(self.dense, channels, self.input_shape, output_layer=self.output_layer)
             spec = self.spec
             timing = measure_latency_pair(self.dense, pruned, self.input_shape, batch_size=spec.batch_size,
-                                          warmup=spec.warmup, repeats=spec.repeats, threads=spec.threads, device=device)
+                                          warmup=spec.warmup, repeats=spec.repeats, threads=spec.threads, device=device,
+                                          runtime=spec.runtime)
             self.cache[key] = {"latency_ms_isolated": timing["latency_ms"], "speedup_isolated": timing["speedup"],
                                "dense_latency_ms_isolated": timing["dense_latency_ms"]}
         return self.cache[key]
@@ -182,20 +187,46 @@ def retime_front(space: SearchSpace, paths: StudyPaths, dense: nn.Module, input_
     outcome.architectures = len(timer.cache)
     outcome.front = front
     outcome.frame = frame
+    outcome.trials = list(trials)
     write_csv(frame, paths.trials_csv)
     write_csv(pareto_frame(frame, objectives), paths.pareto_csv)
     storage.remove_session()
     return outcome
 
 
+def redraw_plots(space: SearchSpace, paths: StudyPaths, outcome: RetimeOutcome, *, tracking: bool,
+                 log: Callable[[str], None] = print) -> list[Path]:
+    """Redraw the study's ``pareto.html``/``pareto.png`` from the re-timed table; returns the files written.
+
+    As in a search, only tracking draws plots a study does not have yet
+    (:func:`autoprune.tracking.write_study_plots`, the tracker's own drawing); without it,
+    plots already in the study folder (from a tracked search or ``autoprune baselines``) are
+    redrawn so that they never show the front from before the re-timing. A drawing that
+    fails is reported, not raised: the study and its tables already hold the re-timing.
+    """
+    from autoprune.plots import PLOT_FILES
+    from autoprune.tracking import write_study_plots
+
+    if outcome.frame is None or not (tracking or any((paths.folder / name).is_file() for name in PLOT_FILES)):
+        return []
+    try:
+        return list(write_study_plots(space.study.name, space.objectives, paths, outcome.trials, outcome.frame))
+    except Exception as exc:  # a drawing must not undo a finished re-timing
+        log(f"retime: {' and '.join(PLOT_FILES)} not redrawn ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        return []
+
+
 def log_isolated(space: SearchSpace, paths: StudyPaths, outcome: RetimeOutcome, *, tracking_uri: str | None,
-                 log: Callable[[str], None] = print) -> int:
+                 plots: Sequence[Path] = (), log: Callable[[str], None] = print) -> int:
     """Log the isolated metrics to the trials' MLflow child runs and refresh their ``pareto`` tags.
 
-    Does nothing when the store holds no experiment for the study (it was never tracked; a
-    later tracked run logs the metrics with the child runs it creates). A store failure is
-    reported, not raised: the Optuna study already holds the values; a server that is away
-    fails within seconds, not MLflow's minutes of retries. Returns the runs updated.
+    The parent run then gets the study's ``trials.csv`` and ``pareto.csv`` and the ``plots``
+    (:func:`redraw_plots`) again, replacing the artifacts of the same names. Does nothing
+    when the store holds no parent run for the study (it was never tracked; a later tracked
+    run logs the metrics with the child runs it creates). A store failure is reported in one
+    line, not raised: the Optuna study already holds the values; a server that is away fails
+    within seconds, not MLflow's minutes of retries. Returns the child runs updated.
     """
     from autoprune.tracking import client_for, find_parent_run, resolve_tracking_uri
 
@@ -203,13 +234,15 @@ def log_isolated(space: SearchSpace, paths: StudyPaths, outcome: RetimeOutcome, 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return 0
     try:
-        return _log_isolated(client_for(uri, fail_fast=True), space.study.name, outcome, find_parent_run)
+        files = [path for path in (paths.trials_csv, paths.pareto_csv, *plots) if path.is_file()]
+        return _log_isolated(client_for(uri, fail_fast=True), space.study.name, outcome, find_parent_run, files)
     except Exception as exc:  # tracking must not undo a finished re-timing
         log(f"retime: MLflow not updated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return 0
 
 
-def _log_isolated(client: Any, name: str, outcome: RetimeOutcome, find_parent_run: Callable[..., Any]) -> int:
+def _log_isolated(client: Any, name: str, outcome: RetimeOutcome, find_parent_run: Callable[..., Any],
+                  files: Sequence[Path]) -> int:
     from mlflow.entities import Metric
 
     experiment = client.get_experiment_by_name(name)
@@ -236,21 +269,25 @@ def _log_isolated(client: Any, name: str, outcome: RetimeOutcome, find_parent_ru
         wanted = "true" if number in front else "false"
         if run.data.tags.get("state") == "finished" and run.data.tags.get("pareto") != wanted:
             client.set_tag(run.info.run_id, "pareto", wanted)
+    for path in files:
+        client.log_artifact(parent.info.run_id, str(path))
     return updated
 
 
 def retime_setup(setup: StudySetup, paths: StudyPaths, *, force: bool = False, tracking: bool = True,
                  tracking_uri: str | None = None, log: Callable[[str], None] = print) -> RetimeOutcome:
-    """Re-time the front of a prepared study (the caller holds its lock), then update MLflow.
+    """Re-time the front of a prepared study (the caller holds its lock), redraw its plots, update MLflow.
 
     ``setup`` is the study's :class:`~autoprune.context.StudySetup` (space, data, model).
+    Plots and MLflow are left alone when nothing was re-timed.
     """
     space = setup.space
     outcome = retime_front(space, paths, setup.model, tuple(setup.data.input_shape), setup.output_layer,
                            force=force, log=log)
-    if tracking and outcome.timed:
-        log_isolated(space, paths, outcome, tracking_uri=tracking_uri, log=log)
     if outcome.timed:
+        plots = redraw_plots(space, paths, outcome, tracking=tracking, log=log)
+        if tracking:
+            log_isolated(space, paths, outcome, tracking_uri=tracking_uri, plots=plots, log=log)
         log(f"retime: {len(outcome.timed)} Pareto candidates re-timed alone ({outcome.architectures} distinct "
             f"architectures, {space.latency.repeats} repeats); latency_ms_isolated is in {paths.trials_csv.name}")
     return outcome

@@ -12,7 +12,9 @@ written by the driver process alone (one writer). :class:`StudyTracker` keeps th
   (``dense_accuracy``, ``dense_latency_ms``, ...); ``hypervolume`` and ``pareto_size``
   stepped by the number of finished trials; artifacts ``space.yaml``, ``trials.csv``,
   ``pareto.csv`` (every trial), ``pareto.html`` and ``pareto.png`` (every few trials, at
-  most every 30 s, and at the end; also written to the study folder).
+  most every 30 s, and at the end; also written to the study folder). An isolated re-timing
+  (:mod:`autoprune.retime`: the end of a search, ``autoprune retime``) that timed anything
+  redraws the plots (:func:`write_study_plots`) and logs the four tables and plots again.
 * **Child runs** (tags ``autoprune.role=trial``, ``autoprune.trial=<number>``, ``state``,
   ``feasible``, ``pareto``, ``policy``; failed trials end FAILED with an ``error`` tag): the
   flattened policy as params, every metric, the curve of each schedule step
@@ -206,7 +208,8 @@ def dense_metrics(context: Any) -> dict[str, float]:
     metrics = measure_model(model, dense_prunable=prunable_weight_count(model)[0], input_shape=shape)
     spec = context.latency
     metrics["latency_ms"] = measure_latency(model, shape, batch_size=spec.batch_size, warmup=spec.warmup,
-                                            repeats=spec.repeats, threads=spec.threads, device=context.device)
+                                            repeats=spec.repeats, threads=spec.threads, device=context.device,
+                                            runtime=spec.runtime)
     metrics.update(accuracy=float(context.dense.accuracy), accuracy_drop=0.0, speedup=1.0)
     if context.dense.test_accuracy is not None:
         metrics["test_accuracy"] = float(context.dense.test_accuracy)
@@ -264,6 +267,31 @@ def curve_metrics(steps: Sequence[Mapping[str, Any]], curve: Sequence[Mapping[st
             if _finite(entry.get(key)):
                 out.append((f"finetune/{key}", float(entry[key]), offset + last))
     return out
+
+
+def trial_policy(attrs: Mapping[str, Any]) -> Policy | None:
+    """The policy a trial recorded in its user attributes, or ``None`` (none recorded, or unreadable)."""
+    try:
+        return Policy.from_dict(attrs["policy"]) if "policy" in attrs else None
+    except AutopruneError:
+        return None
+
+
+def write_study_plots(name: str, objectives: Mapping[str, str], paths: StudyPaths,
+                      trials: Sequence[optuna.trial.FrozenTrial], frame: pd.DataFrame) -> tuple[Path, Path]:
+    """Draw the study's ``pareto.html`` and ``pareto.png`` into its folder; returns both paths.
+
+    ``frame`` is the trials table of ``trials`` (:func:`autoprune.results.trials_frame`);
+    each trial's policy summary is shown on hover, and the study's baselines
+    (:func:`autoprune.baselines.read_baselines`) are drawn as crosses.
+    """
+    summaries = {}
+    for trial in trials:
+        policy = trial_policy(trial.user_attrs)
+        if policy is not None:
+            summaries[trial.number] = policy.summary()
+    return write_plots(frame, objectives, paths.folder, title=f"Pareto front of {name}", summaries=summaries,
+                       baselines=read_baselines(paths))
 
 
 @dataclass
@@ -469,7 +497,7 @@ class StudyTracker:
 
         attrs = trial.user_attrs
         finished = trial.state == FINISHED
-        policy = self._policy(attrs)
+        policy = trial_policy(attrs)
         tags = {
             "mlflow.parentRunId": self.parent_id, "autoprune.study": self.name, "autoprune.role": "trial",
             "autoprune.trial": str(trial.number), "state": "finished" if finished else "failed",
@@ -496,12 +524,6 @@ class StudyTracker:
         self.client.set_terminated(run_id, status="FINISHED" if finished else "FAILED", end_time=when)
         self._orphans.remove(run_id)
         self.children[trial.number] = ChildRun(run_id, pareto)
-
-    def _policy(self, attrs: Mapping[str, Any]) -> Policy | None:
-        try:
-            return Policy.from_dict(attrs["policy"]) if "policy" in attrs else None
-        except AutopruneError:
-            return None
 
     def _log_policy(self, run_id: str, trial: optuna.trial.FrozenTrial, policy: Policy) -> None:
         sections: dict[str, Any] = {"study": self.name, "trial": trial.number}
@@ -568,15 +590,8 @@ class StudyTracker:
         return len(done)
 
     def _plots(self, trials: Sequence[optuna.trial.FrozenTrial], frame: pd.DataFrame) -> None:
-        summaries = {}
-        for trial in trials:
-            policy = self._policy(trial.user_attrs)
-            if policy is not None:
-                summaries[trial.number] = policy.summary()
-        page, image = write_plots(frame, self.objectives, self.paths.folder, title=f"Pareto front of {self.name}",
-                                  summaries=summaries, baselines=read_baselines(self.paths))
-        self.client.log_artifact(self.parent_id, str(page))
-        self.client.log_artifact(self.parent_id, str(image))
+        for path in write_study_plots(self.name, self.objectives, self.paths, trials, frame):
+            self.client.log_artifact(self.parent_id, str(path))
 
 
 def make_tracker(space: SearchSpace, paths: StudyPaths, *, uri: str | None, layers: Sequence[Any] = (),

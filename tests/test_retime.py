@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import time
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from autoprune.artifacts import rebuild_architecture
 from autoprune.cli import main
@@ -21,6 +23,8 @@ from autoprune.paths import StudyPaths
 from autoprune.policy import Policy
 from autoprune.results import isolated_values, trials_frame
 from autoprune.retime import RetimeOutcome, log_isolated, retime_study
+from autoprune.space import load_space
+from autoprune.tracking import StudyTracker, find_parent_run
 from autoprune.trial import run_trial
 from conftest import digits_space
 
@@ -64,6 +68,14 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def front_drawn(page: str) -> set[int]:
+    """The trials of the "pareto front" trace in the first 2-D view of a ``pareto.html``."""
+    start = page.index("[", page.index("Plotly.newPlot(", page.index('id="view-1"')))
+    traces, _ = json.JSONDecoder().raw_decode(page, start)
+    (front,) = [trace for trace in traces if trace["name"] == "pareto front"]
+    return {int(point[0]) for point in front.get("customdata", [])}
+
+
 def metrics(root: Path) -> dict[int, dict[str, float]]:
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{root / NAME / 'optuna.db'}")
     return {t.number: t.user_attrs["metrics"] for t in study.trials}
@@ -91,6 +103,45 @@ def test_front_is_retimed_alone_until_every_front_point_has_an_isolated_latency(
     honest = non_dominated(trials[["accuracy", "latency_ms_isolated"]].to_numpy(), ["max", "min"])
     assert list(trials["pareto"]) == honest
     assert sorted(pd.read_csv(root / NAME / "pareto.csv")["number"]) == sorted(trials.loc[honest, "number"])
+
+
+def test_retiming_redraws_the_plots_and_replaces_the_parent_runs_tables_and_plots(root: Path) -> None:
+    """The search logged the front timed under load to the parent run; the re-timed front replaces it.
+
+    Trial 4 has trial 0's architecture and accuracy but was timed slower, so trial 0 hides it
+    until both get the dense architecture's one isolated timing: then trial 4 is on the front.
+    """
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{root / NAME / 'optuna.db'}")
+    study.add_trial(fake_trial(0.96, 1e-5, "unstructured", DENSE))
+    paths = StudyPaths(root, NAME)
+    tracker = StudyTracker(load_space(paths.space), paths, uri=uri, log=lambda _: None)
+    tracker.start(study, {"accuracy": 0.96, "latency_ms": 1.0})
+    tracker.finish(study)
+    assert 4 not in front_drawn((paths.folder / "pareto.html").read_text())
+    notes: list[str] = []
+    retime_study(NAME, root, tracking_uri=uri, log=notes.append)
+    assert not [note for note in notes if "not updated" in note or "not redrawn" in note]
+    front = pd.read_csv(paths.pareto_csv)
+    assert 4 in set(front["number"]) and front["latency_ms_isolated"].notna().all()
+    assert front_drawn((paths.folder / "pareto.html").read_text()) == set(front["number"])
+    client = MlflowClient(tracking_uri=uri)
+    parent = find_parent_run(client, client.get_experiment_by_name(NAME).experiment_id, NAME)
+    logged = {name: Path(client.download_artifacts(parent.info.run_id, name, str(root / "download")))
+              for name in ("trials.csv", "pareto.csv", "pareto.html", "pareto.png")}
+    pd.testing.assert_frame_equal(pd.read_csv(logged["pareto.csv"]), front)
+    pd.testing.assert_frame_equal(pd.read_csv(logged["trials.csv"]), pd.read_csv(paths.trials_csv))
+    for name in ("pareto.html", "pareto.png"):
+        assert logged[name].read_bytes() == (paths.folder / name).read_bytes()
+
+
+def test_without_tracking_plots_already_drawn_are_redrawn_and_none_are_created(root: Path) -> None:
+    retime_study(NAME, root, tracking=False, log=lambda _: None)
+    assert not (root / NAME / "pareto.html").exists() and not (root / NAME / "pareto.png").exists()
+    (root / NAME / "pareto.html").write_text("drawn before the re-timing")
+    retime_study(NAME, root, force=True, tracking=False, log=lambda _: None)
+    front = set(pd.read_csv(root / NAME / "pareto.csv")["number"])
+    assert front_drawn((root / NAME / "pareto.html").read_text()) == front and (root / NAME / "pareto.png").is_file()
 
 
 def test_candidates_already_timed_are_skipped_unless_forced(root: Path) -> None:
