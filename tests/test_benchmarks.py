@@ -36,7 +36,7 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
     assert "| lenet5 |" in (tmp_path / "engine.md").read_text()
     aligned = variants["channel_50_x8"]["channels"]
     assert all(count % 8 == 0 for name, count in aligned.items() if name in ("classifier.0", "classifier.2"))
-    assert set(variants["channel_50"]["latency"]["1"]["reach"]) >= {"floor_allows", "proportional_bound"}
+    assert set(variants["channel_50"]["latency"]["1"]["reach"]) >= {"floor_allows", "proportional_estimate"}
     onnx = variants["channel_50"]["latency"]["256"]["onnxruntime"]
     assert math.isfinite(onnx["speedup"]) and onnx["speedup"] > 0 and "reach" in onnx
 
@@ -50,7 +50,7 @@ def test_engine_reach_from_the_floor() -> None:
     # The floor keeps half the dense latency: at 2x fewer MACs the proportional ratio is 2/3.
     half = reach(floor_speedup=2.0, mac_reduction=2.0)
     assert half["floor_allows"] and half["needed_speedup"] == 1.4
-    assert math.isclose(half["proportional_bound"], 2 / 3)
+    assert math.isclose(half["proportional_estimate"], 2 / 3)
     assert not reach(floor_speedup=2.0, mac_reduction=4.0)["floor_allows"]  # needs 2.8x, the floor gives 2x
 
 
