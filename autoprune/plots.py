@@ -1,7 +1,9 @@
 """Pictures of a study's trials and its Pareto front: ``pareto.html`` and ``pareto.png``.
 
-Every finished trial is one point, placed by its objectives. Three groups are drawn apart
-so the front stands out:
+Every finished trial is one point, placed by its objectives — a latency objective by its
+isolated re-timing where one exists (``latency_ms_isolated``, :mod:`autoprune.retime`), the
+value the front is computed from, so a front point never looks dominated. Three groups are
+drawn apart so the front stands out:
 
 * **pareto front** — feasible trials no feasible trial dominates (the ``pareto`` column of
   ``trials.csv``);
@@ -53,6 +55,17 @@ LABELS = {
     "size_bytes": "size (bytes)",
     "speedup": "speedup (×)",
 }
+
+
+def placed(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """``frame`` with each latency objective replaced by its isolated value where one exists.
+
+    The same substitution :func:`autoprune.results.trials_frame` makes to compute the
+    ``pareto`` column, so points sit where the front was decided.
+    """
+    from autoprune.results import isolated_values
+
+    return isolated_values(frame, objectives)
 
 
 def plot_axes(objectives: Mapping[str, str]) -> list[str]:
@@ -161,6 +174,7 @@ def pareto_figures(frame: pd.DataFrame, objectives: Mapping[str, str], *,
     import plotly.graph_objects as go
 
     summaries = summaries or {}
+    frame = placed(frame, objectives)
     axes = plot_axes(objectives)
     figures = []
     if len(axes) >= 3:
@@ -251,7 +265,7 @@ def write_pareto_png(frame: pd.DataFrame, objectives: Mapping[str, str], path: s
     figure = Figure(figsize=(4.6 * columns, 4.0 * rows + 0.6), dpi=110, layout="constrained")
     figure.suptitle(title)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    groups = point_groups(frame)
+    groups = point_groups(placed(frame, objectives))
     for ax, (x, y) in zip(axes, pairs):
         for name, colour, size, opacity in reversed(GROUPS):
             points = groups[name].dropna(subset=[x, y])

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from autoprune.plots import plot_axes, point_groups, projections, write_plots
+from autoprune.plots import pareto_figures, plot_axes, point_groups, projections, write_plots
 from autoprune.policy import Policy
 from autoprune.results import trials_frame
 
@@ -79,6 +79,17 @@ def test_groups_split_finished_trials_and_leave_failed_ones_out(plotted) -> None
     assert set.union(*numbers) == set(frame.loc[frame["state"] == "finished", "number"]) and 5 not in set.union(*numbers)
     assert numbers[0] == set(frame.loc[frame["pareto"], "number"]) and numbers[0]
     assert numbers[2] == set(frame.loc[(frame["state"] == "finished") & ~frame["feasible"], "number"])
+
+
+def test_points_are_placed_by_the_isolated_latency_where_one_exists() -> None:
+    frame = trials_frame(study_trials(), OBJECTIVES)
+    timed = int(frame.loc[frame["pareto"].astype(bool), "number"].iloc[0])
+    other = int(frame.loc[(frame["state"] == "finished") & (frame["number"] != timed), "number"].iloc[0])
+    frame["latency_ms_isolated"] = [0.05 if n == timed else float("nan") for n in frame["number"]]
+    figure = next(f for f in pareto_figures(frame, OBJECTIVES)[1:] if "latency" in f.layout.yaxis.title.text)
+    latency = {int(point[0]): y for trace in figure.data for point, y in zip(trace.customdata or [], trace.y)}
+    assert latency[timed] == 0.05
+    assert latency[other] == float(frame.set_index("number").loc[other, "latency_ms"])
 
 
 def test_html_is_self_contained_and_the_png_is_an_image(plotted) -> None:
