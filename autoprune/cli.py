@@ -84,6 +84,9 @@ def validate(space: Path = SPACE_OPTION) -> None:
         console.print(f"  {name}: {description}")
     objectives = ", ".join(f"{k} ({v})" for k, v in spec.objectives.items())
     console.print(f"objectives: {objectives}")
+    latency = spec.latency
+    console.print(f"latency: {latency.runtime}, batch {latency.batch_size}, {latency.threads} thread(s), "
+                  f"median of {latency.repeats} after {latency.warmup} warm-up")
     console.print("[green]ok[/]")
 
 

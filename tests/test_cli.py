@@ -90,6 +90,12 @@ def test_validate_shows_exclusions_and_per_layer_dimensions(tmp_path: Path, caps
     assert re.search(r"layer\.classifier\.0: \[0\.1, 0\.6\]", out)
 
 
+def test_validate_shows_how_latency_is_timed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = {**SMALL, "latency": {"runtime": "onnxruntime", "batch_size": 8, "repeats": 20}}
+    assert run("validate", "--space", write(tmp_path / "s.yaml", space)) == 0
+    assert "latency: onnxruntime, batch 8, 1 thread(s), median of 20 after 10 warm-up" in capsys.readouterr().out
+
+
 BAD_SPACES = {
     "yaml-syntax": ("study: {name: x\n", "YAML syntax error"),
     "unknown-key": ({**SMALL, "modle": {}}, "modle: unknown key (did you mean 'model'?)"),
