@@ -41,6 +41,17 @@ def test_engine_smoke_writes_finite_speedups(tmp_path: Path) -> None:
     assert math.isfinite(onnx["speedup"]) and onnx["speedup"] > 0 and "reach" in onnx
 
 
+def test_allocations_smoke_selects_counts_within_the_mac_window(tmp_path: Path) -> None:
+    report = run_smoke("allocations", tmp_path, timeout=240)
+    assert {(c["runtime"], c["batch"]) for c in report["cases"]} == {(r, b) for r in ("torch", "onnxruntime")
+                                                                   for b in (1, 256)}
+    for case in report["cases"]:
+        assert abs(case["selected"]["macs_removed"] - case["target"]) <= report["settings"]["window"] + 1e-9
+        assert math.isfinite(case["selected"]["ratio"]) and case["selected"]["ratio"] > 0
+        assert math.isfinite(case["uniform"]["ratio"]) and case["uniform"]["ratio"] > 0
+    assert "| lenet5 | 50% |" in (tmp_path / "allocations.md").read_text()
+
+
 def test_engine_reach_from_the_floor() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
