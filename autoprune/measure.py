@@ -396,12 +396,9 @@ def time_deployed(
         raise ValueError("need repeats >= 1, warmup >= 0 and batch_size >= 1")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
-    if runtime == "onnxruntime":
-        with contextlib.ExitStack() as stack:
-            for model in models:
-                stack.enter_context(_eval_mode(model))
-            return _time_onnx(models, torch.randn(batch_size, *input_shape), warmup=warmup, repeats=repeats,
-                              threads=threads)
+    if runtime == "onnxruntime":  # exports work on eval-mode copies: the models are not touched
+        return _time_onnx(models, torch.randn(batch_size, *input_shape), warmup=warmup, repeats=repeats,
+                          threads=threads)
     target = torch.device(device) if device is not None else _device(models[0])
     example = torch.randn(batch_size, *input_shape, device=target)
     with contextlib.ExitStack() as stack:

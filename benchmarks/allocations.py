@@ -87,8 +87,8 @@ def count_grid(channels: int) -> list[int]:
 
 
 def candidates(dense: nn.Module, target: float, limit: int,
-               exhaustive: bool = True) -> list[tuple[dict[str, int], float]]:
-    """Per-layer counts with MACs removed within ``WINDOW`` of ``target``: ``(counts, removed)``.
+               exhaustive: bool = True) -> list[tuple[dict[str, int], float, nn.Module]]:
+    """Per-layer counts with MACs removed within ``WINDOW`` of ``target``: ``(counts, removed, model)``.
 
     More than ``limit`` are thinned to ``limit`` spread evenly over the MACs removed (the
     grid is deterministic, so is the choice). ``exhaustive=False`` stops at the first
@@ -100,9 +100,10 @@ def candidates(dense: nn.Module, target: float, limit: int,
     found = []
     for combo in itertools.product(*(count_grid(c) for c in layers.values())):
         counts = dict(zip(layers, combo))
-        removed = 1.0 - macs(pruned_to(dense, counts), INPUT_SHAPE) / full
+        model = pruned_to(dense, counts)
+        removed = 1.0 - macs(model, INPUT_SHAPE) / full
         if abs(removed - target) <= WINDOW:
-            found.append((counts, removed))
+            found.append((counts, removed, model))
             if not exhaustive and len(found) >= limit:
                 break
     found.sort(key=lambda item: item[1])
@@ -120,14 +121,14 @@ def ratio(dense: nn.Module, pruned: nn.Module, reduction: float, batch: int, rep
     return {"speedup": speedup, "ratio": speedup / reduction, "dense_ms": d.latency_ms, "pruned_ms": p.latency_ms}
 
 
-def select(dense: nn.Module, found: Sequence[tuple[dict[str, int], float]], batch: int, runtime: str,
-           repeats: int) -> dict:
-    """The candidate with the best ratio in one short timing each (the selection step)."""
-    best: dict | None = None
-    for counts, removed in found:
-        timing = ratio(dense, pruned_to(dense, counts), 1.0 / (1.0 - removed), batch, repeats, runtime)
-        if best is None or timing["ratio"] > best["selection_ratio"]:
-            best = {"counts": counts, "macs_removed": removed, "selection_ratio": timing["ratio"]}
+def select(dense: nn.Module, found: Sequence[tuple[dict[str, int], float, nn.Module]], batch: int, runtime: str,
+           repeats: int) -> tuple[dict, nn.Module]:
+    """The candidate with the best ratio in one short timing each (the selection step), and its model."""
+    best: tuple[dict, nn.Module] | None = None
+    for counts, removed, model in found:
+        timing = ratio(dense, model, 1.0 / (1.0 - removed), batch, repeats, runtime)
+        if best is None or timing["ratio"] > best[0]["selection_ratio"]:
+            best = ({"counts": counts, "macs_removed": removed, "selection_ratio": timing["ratio"]}, model)
     assert best is not None
     return best
 
@@ -158,9 +159,8 @@ def benchmark(settings: Settings) -> list[dict]:
             uniform_counts = {n: int(m.weight.shape[0]) for n, m in prunable_layers(uniform).items() if n != output}
             for runtime, batch in itertools.product(RUNTIMES, BATCH_SIZES):
                 log(f"{name} {target:.0%} {runtime} b{batch}: selecting among {len(found)} candidates")
-                chosen = select(dense, found, batch, runtime, settings.select_repeats[batch])
-                rows = {"uniform": (uniform, uniform_removed),
-                        "selected": (pruned_to(dense, chosen["counts"]), chosen["macs_removed"])}
+                chosen, chosen_model = select(dense, found, batch, runtime, settings.select_repeats[batch])
+                rows = {"uniform": (uniform, uniform_removed), "selected": (chosen_model, chosen["macs_removed"])}
                 timed = retime(dense, rows, batch, runtime, settings)
                 cases.append({
                     "model": name, "target": target, "runtime": runtime, "batch": batch, "candidates": len(found),

@@ -142,3 +142,8 @@ def test_latency_runtime_defaults_to_torch_and_lists_the_allowed_ones() -> None:
     assert parse_space({"latency": {"runtime": "onnxruntime"}}).latency.runtime == "onnxruntime"
     with pytest.raises(AutopruneError, match="latency.runtime: .*'torch' or 'onnxruntime'"):
         parse_space({"latency": {"runtime": "tensorrt"}})
+
+
+def test_round_to_below_one_names_the_key_and_the_range() -> None:
+    with pytest.raises(AutopruneError, match=r"space\.round_to: 0 is below the minimum 1; allowed: \[1, 4096\]"):
+        parse_space({"space": {"granularity": "channel", "round_to": 0}})
